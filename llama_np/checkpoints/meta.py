@@ -1,0 +1,82 @@
+"""Meta's LLaMA 2 download: params.json + consolidated.NN.pth (model-parallel shards) + tokenizer.model.
+
+Meta split each tensor across NN shards for model parallelism (fairscale's Column/Row
+ParallelLinear and ParallelEmbedding). We merge them back the way they were split:
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelArgs, read_json
+from ..errors import LlamaNpError
+from ..weights import expected_shapes
+from .pth import load_pth_state_dict
+
+# tensor name (without "layers.{i}.") -> the axis its shards are concatenated along, or None
+# when every shard holds the whole tensor (the norms).
+SHARD_AXIS = {
+    "tok_embeddings.weight": 1,          # ParallelEmbedding splits the embedding dimension
+    "attention.wq.weight": 0,            # ColumnParallelLinear: split output rows
+    "attention.wk.weight": 0,
+    "attention.wv.weight": 0,
+    "attention.wo.weight": 1,            # RowParallelLinear: split input columns
+    "feed_forward.w1.weight": 0,
+    "feed_forward.w2.weight": 1,
+    "feed_forward.w3.weight": 0,
+    "output.weight": 0,
+    "attention_norm.weight": None,
+    "ffn_norm.weight": None,
+    "norm.weight": None,
+}
+IGNORED = {"rope.freqs"}                 # Meta's precomputed rotary frequencies; we compute our own
+
+
+def _base_name(name: str) -> str:
+    return re.sub(r"^layers\.\d+\.", "", name)
+
+
+def is_meta_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "params.json").is_file() and any(path.glob("consolidated.*.pth"))
+
+
+def read_meta(src: Path, tokenizer_vocab_size: int | None, max_seq_len: int | None = None):
+    """-> (ModelArgs, [(name, load)]) where load() merges the shards of one tensor (float32)."""
+    params = read_json(src / "params.json")
+    shard_paths = sorted(src.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise LlamaNpError(f"{src}: no consolidated.NN.pth files")
+    args = ModelArgs.from_meta_params(params, tokenizer_vocab_size, max_seq_len)
+    shards = [load_pth_state_dict(p) for p in shard_paths]
+    names = [n for n in shards[0] if n not in IGNORED]
+    for path, shard in zip(shard_paths[1:], shards[1:]):
+        if set(shard) != set(shards[0]):
+            diff = sorted(set(shard) ^ set(shards[0]))
+            raise LlamaNpError(f"{path}: its tensors differ from {shard_paths[0].name}'s (e.g. {diff[0]!r})")
+    shapes = expected_shapes(args)
+
+    def loader(name):
+        axis = SHARD_AXIS.get(_base_name(name), "unknown")
+        if axis == "unknown" or name not in shapes:
+            raise LlamaNpError(f"{shard_paths[0]}: unexpected tensor {name!r}")
+
+        def load():
+            parts = [shard[name] for shard in shards]
+            for path, part in zip(shard_paths, parts):
+                if not hasattr(part, "numpy"):
+                    raise LlamaNpError(f"{path}: {name!r} is not a tensor")
+            if axis is None:
+                return parts[0].numpy()
+            shape = list(parts[0].shape)
+            shape[axis] = sum(p.shape[axis] for p in parts) if all(len(p.shape) == len(shape) for p in parts) else -1
+            if tuple(shape) != shapes[name]:
+                got = " + ".join(str(tuple(p.shape)) for p in parts)
+                raise LlamaNpError(f"tensor {name!r}: shards {got} do not merge along axis {axis} "
+                                   f"into {shapes[name]} expected from params.json")
+            return np.concatenate([p.numpy() for p in parts], axis=axis)
+        return load
+
+    tensors = [(n, loader(n)) for n in names]
+    return args, tensors

@@ -1,0 +1,136 @@
+"""Llama: the LLaMA 2 forward pass over the converted weights (compare Meta's llama/model.py).
+
+    tokens (B, T) -> embeddings (B, T, D)
+      -> n_layers x [ h = x + attention(attention_norm(x)) ; out = h + feed_forward(ffn_norm(h)) ]
+      -> norm -> output -> logits (B, T, V)
+
+Shape letters are defined once in layers.py. The KV cache belongs to the caller
+(`new_cache`), who passes it to every `forward` call along with the position `start_pos` of the
+first token: a prompt is prefilled in one call, then tokens are decoded one call each.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelArgs
+from .errors import LlamaNpError
+from .kv_cache import KVCache
+from .layers import apply_rope, attention, causal_mask, feed_forward, linear, rms_norm, rope_tables
+from .tokenizer import Tokenizer
+
+
+def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, sin, mask,
+                    args: ModelArgs, trace: dict | None = None) -> np.ndarray:
+    """Self-attention with the KV cache of one layer.  x (B, T, D) -> (B, T, D)
+
+    cache_k, cache_v: (B_max, max_seq_len, KVH, HD), written at positions start_pos .. start_pos+T-1.
+    """
+    B, T, D = x.shape
+    H, KVH, HD = args.n_heads, args.n_kv_heads, args.head_dim
+    xq = linear(x, wq).reshape(B, T, H, HD)                     # (B, T, H, HD)
+    xk = linear(x, wk).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
+    xv = linear(x, wv).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
+    if trace is not None:
+        trace["q"], trace["k"], trace["v"] = xq.copy(), xk.copy(), xv.copy()
+    xq, xk = apply_rope(xq, cos, sin), apply_rope(xk, cos, sin)  # Meta's interleaved pairs
+    if trace is not None:
+        trace["q_rot"], trace["k_rot"] = xq.copy(), xk.copy()
+
+    S = start_pos + T
+    cache_k[:B, start_pos:S] = xk
+    cache_v[:B, start_pos:S] = xv
+    keys, values = cache_k[:B, :S], cache_v[:B, :S]             # (B, S, KVH, HD) views, no copy
+
+    out = attention(xq, keys, values, mask, trace)               # (B, T, H, HD)
+    return linear(out.reshape(B, T, H * HD), wo)                 # (B, T, D)
+
+
+class Llama:
+    """A converted LLaMA 2 model: config, weights (name -> array, Meta's names) and tokenizer."""
+
+    def __init__(self, args: ModelArgs, weights: dict[str, np.ndarray], tokenizer: Tokenizer | None = None,
+                 source: dict | None = None):
+        self.config = args
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.source = source or {}
+        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)  # (S, HD/2)
+        if tokenizer is not None and tokenizer.n_words != args.vocab_size:
+            raise LlamaNpError(f"tokenizer has {tokenizer.n_words} pieces but the model's vocab_size "
+                               f"is {args.vocab_size}")
+
+    def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
+        """An empty KV cache for batch_size sequences of up to max_seq_len (default: the context)."""
+        max_seq_len = max_seq_len or self.config.max_seq_len
+        if not 0 < max_seq_len <= self.config.max_seq_len:
+            raise LlamaNpError(f"cache length {max_seq_len} exceeds the model's context {self.config.max_seq_len}")
+        return KVCache.allocate(self.config, batch_size, max_seq_len)
+
+    def forward(self, tokens, start_pos: int = 0, cache: KVCache | None = None,
+                trace: dict | None = None) -> np.ndarray:
+        """Logits for `tokens` (B, T) at positions start_pos .. start_pos+T-1 -> float32 (B, T, V).
+
+        Without a cache (start_pos must then be 0) the sequence is computed from scratch.
+        With `trace={}` every intermediate is recorded under a name such as "layers.3.q_rot".
+        """
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise LlamaNpError(f"forward: tokens must be an integer array (B, T), got {tokens.dtype} {tokens.shape}")
+        B, T = tokens.shape
+        args, w = self.config, self.weights
+        if cache is None:
+            if start_pos != 0:
+                raise LlamaNpError("forward: start_pos > 0 needs the cache that holds the earlier positions")
+            cache = self.new_cache(B, max(T, 1))
+        if start_pos < 0 or start_pos + T > cache.max_seq_len:
+            raise LlamaNpError(f"forward: positions {start_pos}..{start_pos + T - 1} do not fit the cache "
+                               f"(max_seq_len {cache.max_seq_len})")
+        if B > cache.batch_size:
+            raise LlamaNpError(f"forward: batch {B} is larger than the cache's {cache.batch_size}")
+        if T and (tokens.min() < 0 or tokens.max() >= args.vocab_size):
+            raise LlamaNpError(f"forward: token ids must lie in [0, {args.vocab_size})")
+
+        h = w["tok_embeddings.weight"][tokens].astype(np.float32)    # (B, T, D)
+        cos = self.rope_cos[start_pos:start_pos + T]                 # (T, HD/2)
+        sin = self.rope_sin[start_pos:start_pos + T]                 # (T, HD/2)
+        mask = causal_mask(T, start_pos) if T > 1 else None          # (T, S); one query sees everything
+        if trace is not None:
+            trace["tok_embeddings"] = h.copy()
+        for i in range(args.n_layers):
+            p = f"layers.{i}."
+            lt = {} if trace is not None else None
+            x = rms_norm(h, w[p + "attention_norm.weight"], args.norm_eps)           # (B, T, D)
+            h = h + attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
+                                    w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
+                                    cache.k[i], cache.v[i], start_pos, cos, sin, mask, args, lt)
+            if lt is not None:
+                lt["attention_norm"], lt["h"] = x.copy(), h.copy()
+            x = rms_norm(h, w[p + "ffn_norm.weight"], args.norm_eps)                 # (B, T, D)
+            h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
+                                 w[p + "feed_forward.w3.weight"], lt)
+            if lt is not None:
+                lt["ffn_norm"], lt["out"] = x.copy(), h.copy()
+                trace.update({p + k: v for k, v in lt.items()})
+        h = rms_norm(h, w["norm.weight"], args.norm_eps)                              # (B, T, D)
+        logits = linear(h, w["output.weight"]).astype(np.float32, copy=False)       # (B, T, V)
+        if trace is not None:
+            trace["norm"], trace["logits"] = h.copy(), logits.copy()
+        return logits
+
+    def generate(self, prompt, max_new_tokens: int = 64, **kwargs):
+        """Complete `prompt` (text, or a list of token ids); returns the new text (ids without a tokenizer)."""
+        from .generation import generate
+
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def load(model_dir, fp32: str = "auto") -> Llama:
+    """Open a converted model directory; the weights are memory-mapped, not read."""
+    from .weights import TOKENIZER_FILE, read_model_dir
+
+    args, weights, config = read_model_dir(model_dir)
+    tok_path = Path(model_dir) / TOKENIZER_FILE
+    tokenizer = Tokenizer(tok_path) if tok_path.exists() else None
+    return Llama(args, weights, tokenizer, source=config.get("source"))

@@ -1,0 +1,185 @@
+"""The converted model directory: write it tensor by tensor, memory-map it back.
+
+    OUT_DIR/config.json         ModelArgs + where the model came from
+    OUT_DIR/model.safetensors   every tensor float16, Meta's names and rotary layout
+    OUT_DIR/tokenizer.model     when the source had one
+
+safetensors is: 8 bytes little-endian header length N, N bytes of JSON
+{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw
+little-endian data. Because the header lists every shape up front, we write it first and then
+stream the tensors one at a time — peak memory is one tensor, not the model. Loading parses the
+header and memory-maps the file: every tensor is a zero-copy view; no weight byte is read until
+the forward pass touches it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .config import ModelArgs, read_json
+from .errors import LlamaNpError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
+
+
+def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a LLaMA 2 model with Meta's names, in Meta's order, and its shape."""
+    D, F, V, HD = args.dim, args.hidden_dim, args.vocab_size, args.head_dim
+    shapes = {"tok_embeddings.weight": (V, D)}
+    for i in range(args.n_layers):
+        p = f"layers.{i}."
+        shapes[p + "attention_norm.weight"] = (D,)
+        shapes[p + "attention.wq.weight"] = (args.n_heads * HD, D)
+        shapes[p + "attention.wk.weight"] = (args.n_kv_heads * HD, D)
+        shapes[p + "attention.wv.weight"] = (args.n_kv_heads * HD, D)
+        shapes[p + "attention.wo.weight"] = (D, args.n_heads * HD)
+        shapes[p + "ffn_norm.weight"] = (D,)
+        shapes[p + "feed_forward.w1.weight"] = (F, D)
+        shapes[p + "feed_forward.w2.weight"] = (D, F)
+        shapes[p + "feed_forward.w3.weight"] = (F, D)
+    shapes["norm.weight"] = (D,)
+    shapes["output.weight"] = (V, D)
+    return shapes
+
+
+def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
+                    source: dict, tokenizer_path=None, progress: bool = True) -> Path:
+    """Write a converted model directory atomically.
+
+    `tensors` yields (name, load) pairs in any order covering exactly `expected_shapes(args)`;
+    `load()` returns that tensor (any float dtype), called once, one tensor at a time. Everything
+    is written into a temporary sibling directory that is renamed to `out_dir` only at the end,
+    so an interrupted run never leaves a directory that looks complete.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        shapes = expected_shapes(args)
+        _write_safetensors(tmp / WEIGHTS_FILE, shapes, tensors, progress)
+        config = {**args.to_dict(), "source": source}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
+    from tqdm import tqdm
+
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "llama_np"}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
+    data_start = 8 + len(header_bytes)
+
+    written = set()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        f.truncate(data_start + offset)
+        bar = tqdm(total=len(shapes), desc="converting", unit="tensor", disable=not progress)
+        for name, load in tensors:
+            if name not in shapes:
+                raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
+            if name in written:
+                raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
+            array = load()
+            if tuple(array.shape) != shapes[name]:
+                raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
+                                   f"expected {shapes[name]} from the model's config")
+            array16 = _to_float16(name, array)
+            f.seek(data_start + header[name]["data_offsets"][0])
+            f.write(array16.tobytes())
+            written.add(name)
+            bar.update(1)
+        bar.close()
+    missing = [n for n in shapes if n not in written]
+    if missing:
+        raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.floating):
+        raise LlamaNpError(f"tensor {name!r} has dtype {array.dtype}, expected floating point")
+    out = np.ascontiguousarray(array, dtype="<f2")
+    if not np.isfinite(out).all():
+        bad = "overflows float16" if np.isfinite(array).all() else "contains inf or nan"
+        raise LlamaNpError(f"tensor {name!r} {bad}")
+    return out
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Memory-map a safetensors file: name -> read-only zero-copy view (bf16 as uint16 bits)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0] if size >= 8 else None
+            if n is None or n > size - 8:
+                raise LlamaNpError(f"{path}: not a safetensors file (bad header length)")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise LlamaNpError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LlamaNpError(f"{path}: not a safetensors file (header is not JSON)") from None
+    data_start = 8 + n
+    if size == data_start:
+        return {}
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+            begin, end = info["data_offsets"]
+            shape = tuple(info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise LlamaNpError(f"{path}: tensor {name!r} has an unsupported or malformed entry "
+                               f"{info!r:.100}") from None
+        if end - begin != int(np.prod(shape)) * dtype.itemsize or data_start + end > size:
+            raise LlamaNpError(f"{path}: tensor {name!r} does not fit in the file (truncated or corrupt)")
+        out[name] = mm[data_start + begin: data_start + end].view(dtype).reshape(shape)
+    return out
+
+
+def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
+    """(ModelArgs, name -> float16 memory-mapped array, the config.json dict)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LlamaNpError(f"{model_dir}: not a directory (expected a converted model: "
+                           f"run `llama-np convert` first)")
+    config = read_json(model_dir / CONFIG_FILE)
+    args = ModelArgs.from_dict(config)
+    weights = read_safetensors(model_dir / WEIGHTS_FILE)
+    for name, shape in expected_shapes(args).items():
+        if name not in weights:
+            raise LlamaNpError(f"{model_dir / WEIGHTS_FILE}: missing tensor {name!r}")
+        if weights[name].shape != shape:
+            raise LlamaNpError(f"{model_dir / WEIGHTS_FILE}: tensor {name!r} has shape "
+                               f"{weights[name].shape}, config.json says {shape}")
+    return args, weights, config
