@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_convert(a) -> None:
     from .checkpoints.convert import convert
 
+    import time
+
+    t0 = time.perf_counter()
     out = convert(a.src, a.out_dir, tokenizer=a.tokenizer, fmt=a.format, max_seq_len=a.max_seq_len)
-    print(f"wrote {out}", file=sys.stderr)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
+    print(f"wrote {out} ({size:.2f} GB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
 def cmd_generate(a) -> None:

@@ -97,10 +97,10 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
     data_start = 8 + len(header_bytes)
 
     written = set()
-    with open(path, "wb") as f:
+    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
+                                     disable=not progress, leave=False) as bar:
         f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
         f.truncate(data_start + offset)
-        bar = tqdm(total=len(shapes), desc="converting", unit="tensor", disable=not progress)
         for name, load in tensors:
             if name not in shapes:
                 raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
@@ -110,12 +110,10 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
             if tuple(array.shape) != shapes[name]:
                 raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
                                    f"expected {shapes[name]} from the model's config")
-            array16 = _to_float16(name, array)
             f.seek(data_start + header[name]["data_offsets"][0])
-            f.write(array16.tobytes())
+            f.write(_to_float16(name, array).tobytes())
             written.add(name)
             bar.update(1)
-        bar.close()
     missing = [n for n in shapes if n not in written]
     if missing:
         raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"

@@ -57,26 +57,35 @@ def read_meta(src: Path, tokenizer_vocab_size: int | None, max_seq_len: int | No
             raise LlamaNpError(f"{path}: its tensors differ from {shard_paths[0].name}'s (e.g. {diff[0]!r})")
     shapes = expected_shapes(args)
 
-    def loader(name):
-        axis = SHARD_AXIS.get(_base_name(name), "unknown")
-        if axis == "unknown" or name not in shapes:
-            raise LlamaNpError(f"{shard_paths[0]}: unexpected tensor {name!r}")
+    for name in names:  # check every shape before any data is read or written
+        _check_merge(name, [shard[name] for shard in shards], shard_paths, shapes)
+    return args, [(n, _merger(n, [shard[n] for shard in shards])) for n in names]
 
-        def load():
-            parts = [shard[name] for shard in shards]
-            for path, part in zip(shard_paths, parts):
-                if not hasattr(part, "numpy"):
-                    raise LlamaNpError(f"{path}: {name!r} is not a tensor")
-            if axis is None:
-                return parts[0].numpy()
-            shape = list(parts[0].shape)
-            shape[axis] = sum(p.shape[axis] for p in parts) if all(len(p.shape) == len(shape) for p in parts) else -1
-            if tuple(shape) != shapes[name]:
-                got = " + ".join(str(tuple(p.shape)) for p in parts)
-                raise LlamaNpError(f"tensor {name!r}: shards {got} do not merge along axis {axis} "
-                                   f"into {shapes[name]} expected from params.json")
-            return np.concatenate([p.numpy() for p in parts], axis=axis)
-        return load
 
-    tensors = [(n, loader(n)) for n in names]
-    return args, tensors
+def _check_merge(name, parts, shard_paths, shapes):
+    axis = SHARD_AXIS.get(_base_name(name), "unknown")
+    if axis == "unknown" or name not in shapes:
+        raise LlamaNpError(f"{shard_paths[0]}: unexpected tensor {name!r}")
+    for path, part in zip(shard_paths, parts):
+        if not hasattr(part, "numpy"):
+            raise LlamaNpError(f"{path}: {name!r} is not a tensor")
+    if axis is None:
+        merged = parts[0].shape
+    elif all(len(p.shape) == len(shapes[name]) for p in parts):
+        merged = tuple(sum(p.shape[axis] for p in parts) if i == axis else parts[0].shape[i]
+                       for i in range(len(shapes[name])))
+    else:
+        merged = None
+    if merged != shapes[name]:
+        got = " + ".join(str(tuple(p.shape)) for p in parts)
+        how = "" if axis is None else f" merged along axis {axis}"
+        raise LlamaNpError(f"tensor {name!r}: shard shapes {got}{how} do not give {shapes[name]}, "
+                           f"the shape params.json implies")
+
+
+def _merger(name, parts):
+    """load() for one tensor: the shards concatenated along the axis Meta split them on."""
+    axis = SHARD_AXIS[_base_name(name)]
+    if axis is None:
+        return parts[0].numpy
+    return lambda: np.concatenate([p.numpy() for p in parts], axis=axis)
