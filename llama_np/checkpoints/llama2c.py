@@ -93,6 +93,11 @@ def is_zip(path: Path) -> bool:
 
 
 def looks_like_bin(path: Path) -> bool:
+    """The "ak42" magic (any version: unsupported ones are refused with a reason later), or a
+    plausible legacy header."""
+    with open(path, "rb") as f:
+        if f.read(4) == struct.pack("<I", MAGIC):
+            return True
     try:
         read_header(path)
         return True
