@@ -37,9 +37,12 @@ def random_weights(seed, dim, n_layers, n_heads, n_kv_heads, vocab_size, hidden_
     for i in range(n_layers):
         p = f"layers.{i}."
         weights.update({p + "attention_norm.weight": norm(), p + "ffn_norm.weight": norm(),
-                        p + "attention.wq.weight": w(n_heads * hd, dim), p + "attention.wk.weight": w(n_kv_heads * hd, dim),
-                        p + "attention.wv.weight": w(n_kv_heads * hd, dim), p + "attention.wo.weight": w(dim, n_heads * hd),
-                        p + "feed_forward.w1.weight": w(hidden_dim, dim), p + "feed_forward.w2.weight": w(dim, hidden_dim),
+                        p + "attention.wq.weight": w(n_heads * hd, dim),
+                        p + "attention.wk.weight": w(n_kv_heads * hd, dim),
+                        p + "attention.wv.weight": w(n_kv_heads * hd, dim),
+                        p + "attention.wo.weight": w(dim, n_heads * hd),
+                        p + "feed_forward.w1.weight": w(hidden_dim, dim),
+                        p + "feed_forward.w2.weight": w(dim, hidden_dim),
                         p + "feed_forward.w3.weight": w(hidden_dim, dim)})
     weights["output.weight"] = weights["tok_embeddings.weight"] if shared else w(vocab_size, dim)
     return weights

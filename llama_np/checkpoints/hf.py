@@ -57,7 +57,8 @@ def meta_name(hf_name: str) -> str | None:
 
 
 def hf_name(meta: str) -> str:
-    """The inverse of meta_name, for error messages: "layers.3.feed_forward.w1.weight" -> "model.layers.3.mlp.gate_proj.weight"."""
+    """The inverse of meta_name, for error messages:
+    "layers.3.feed_forward.w1.weight" -> "model.layers.3.mlp.gate_proj.weight"."""
     m = re.fullmatch(r"layers\.(\d+)\.(.+)", meta)
     key = "layers.{i}." + m.group(2) if m else meta
     hf = {v: k for k, v in HF_TO_META.items()}.get(key, meta)
@@ -78,7 +79,8 @@ def hf_to_meta_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 def _refuse_unless_llama(path: Path, c: dict) -> None:
     """Refuse, with a reason, a config.json whose model our LLaMA forward pass would compute wrongly."""
     if c.get("model_type") != "llama":
-        raise LlamaNpError(f"{path}: model_type is {c.get('model_type')!r}, not 'llama'; llama_np runs LLaMA models only")
+        raise LlamaNpError(f"{path}: model_type is {c.get('model_type')!r}, not 'llama'; "
+                           f"llama_np runs LLaMA models only")
     for flag in ("attention_bias", "mlp_bias"):
         if c.get(flag):
             raise LlamaNpError(f"{path}: {flag} is true; LLaMA has no biases and llama_np does not implement them")

@@ -124,7 +124,8 @@ def tensor_layout(h: BinHeader) -> list[tuple[str | None, tuple]]:
         layout = ([("tok_embeddings.weight", (V, D))] + attention_norm + attention + ffn_norm + ffn
                   + [("norm.weight", (D,))] + rope_tables)
     else:
-        layout = attention_norm + ffn_norm + [("norm.weight", (D,)), ("tok_embeddings.weight", (V, D))] + attention + ffn
+        layout = (attention_norm + ffn_norm + [("norm.weight", (D,)), ("tok_embeddings.weight", (V, D))]
+                  + attention + ffn)
     if not h.shared_classifier:
         layout.append(("output.weight", (V, D)))
     return layout
@@ -162,9 +163,11 @@ def _view(floats: np.memmap, start: int, shape: tuple):
 
 def _pt_state(path: Path, ckpt) -> dict[str, LazyTensor]:
     """The "model" state dict of a train.py checkpoint, "_orig_mod." prefixes and RoPE buffers removed."""
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict) and isinstance(ckpt.get("model"), dict)):
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
+            and isinstance(ckpt.get("model"), dict)):
         raise LlamaNpError(f"{path}: not a llama2.c training checkpoint (expected a dict with 'model_args' "
-                           f"and 'model', as llama2.c's train.py saves)")
+                           f"and 'model', as llama2.c's train.py saves; for a Hugging Face pytorch_model.bin "
+                           f"give its directory, with config.json)")
     state = {}
     for name, tensor in ckpt["model"].items():
         name = name.removeprefix(PT_PREFIX)
