@@ -18,9 +18,12 @@ class _Parser(argparse.ArgumentParser):
 def _add_convert_args(p: argparse.ArgumentParser) -> None:
     from .checkpoints.convert import FORMATS
 
-    p.add_argument("src", help="the checkpoint: a Meta directory (params.json, consolidated.NN.pth)")
+    p.add_argument("src", help="the checkpoint: a Meta directory (params.json, consolidated.NN.pth), a Hugging "
+                               "Face directory (config.json, *.safetensors or pytorch_model*.bin), or a "
+                               "llama2.c file (.bin export or training .pt)")
     p.add_argument("out_dir", help="the converted model directory to create (must not exist, or be empty)")
-    p.add_argument("--tokenizer", help="tokenizer.model to copy in (default: the one beside the checkpoint)")
+    p.add_argument("--tokenizer", help="tokenizer.model to copy in (default: the one beside the checkpoint; "
+                                       "llama2.c models have none: without one they run on token ids only)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="checkpoint format (default: auto)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="context length to record (default: the source's, else 4096 as LLaMA 2)")

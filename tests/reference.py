@@ -125,3 +125,63 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     """max |ours - ref| / max |ref|: the tolerance measure of the logit comparisons."""
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+# ---- Hugging Face checkpoints (issue 3) -------------------------------------------------------
+
+def random_hf_llama(seed=0, **config):
+    """A float32 LlamaForCausalLM with every parameter random (norms near 1), eager attention.
+
+    transformers' own init leaves the norms at exactly 1, which would hide a swapped norm."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(attn_implementation="eager", **config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5 if "embed" not in name else 1.0))
+    return model
+
+
+def hf_from_pretrained_fp16_rounded(path):
+    """transformers reads the checkpoint itself; weights rounded to float16 (as our converted
+    format stores them) and computed in float32."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
+
+
+def hf_to_meta_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of meta_to_hf_permute: HF's half-split rows -> Meta's interleaved rows."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+HF_LAYER_TO_META = {"input_layernorm": "attention_norm", "self_attn.q_proj": "attention.wq",
+                    "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
+                    "self_attn.o_proj": "attention.wo", "post_attention_layernorm": "ffn_norm",
+                    "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+                    "mlp.up_proj": "feed_forward.w3"}
+
+
+def hf_state_to_meta(model) -> dict[str, torch.Tensor]:
+    """A LlamaForCausalLM's weights with Meta's names and rotary layout (q with n_heads, k with n_kv_heads)."""
+    c = model.config
+    sd = {"tok_embeddings.weight": model.model.embed_tokens.weight, "norm.weight": model.model.norm.weight,
+          "output.weight": model.lm_head.weight}
+    for i in range(c.num_hidden_layers):
+        for hf_name, meta_name in HF_LAYER_TO_META.items():
+            w = model.get_parameter(f"model.layers.{i}.{hf_name}.weight")
+            if hf_name == "self_attn.q_proj":
+                w = hf_to_meta_permute(w, c.num_attention_heads)
+            elif hf_name == "self_attn.k_proj":
+                w = hf_to_meta_permute(w, c.num_key_value_heads)
+            sd[f"layers.{i}.{meta_name}.weight"] = w
+    return {k: v.detach().clone() for k, v in sd.items()}

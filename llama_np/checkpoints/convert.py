@@ -5,18 +5,42 @@ from pathlib import Path
 
 from ..errors import LlamaNpError
 from ..weights import write_model_dir
-from . import meta
+from . import hf, llama2c, meta
 
-FORMATS = ("auto", "meta")
+FORMATS = ("auto", "meta", "llama2c", "hf")
 
 
 def detect_format(src: Path) -> str:
+    """Tell the formats apart by their files:
+    meta     a directory with params.json and consolidated.NN.pth
+    hf       a directory with config.json and model*.safetensors or pytorch_model*.bin
+    llama2c  one file: a .bin export (the "ak42" magic or a plausible 7-int header) or a
+             torch-saved training checkpoint (a zip)
+    """
     if meta.is_meta_dir(src):
         return "meta"
+    if hf.is_hf_dir(src):
+        return "hf"
+    if src.is_file() and (llama2c.is_zip(src) or llama2c.looks_like_bin(src)):
+        return "llama2c"
     if not src.exists():
         raise LlamaNpError(f"{src}: not found")
-    raise LlamaNpError(f"{src}: cannot tell the checkpoint format (expected a Meta directory with "
-                       f"params.json and consolidated.NN.pth); name it with --format")
+    raise LlamaNpError(f"{src}: cannot tell the checkpoint format (expected a Meta directory with params.json "
+                       f"and consolidated.NN.pth, a Hugging Face directory with config.json and "
+                       f"model.safetensors, or a llama2.c .bin / .pt file); name it with --format")
+
+
+def read_checkpoint(src: Path, fmt: str, vocab: int | None, max_seq_len: int | None):
+    """-> (ModelArgs, [(name, load)]) for a format already decided."""
+    if fmt == "meta":
+        if not src.is_dir():
+            raise LlamaNpError(f"{src}: a Meta checkpoint is a directory with params.json and consolidated.NN.pth")
+        return meta.read_meta(src, vocab, max_seq_len)
+    if fmt == "hf":
+        if not (src / "config.json").is_file():
+            raise LlamaNpError(f"{src}: a Hugging Face checkpoint is a directory with config.json")
+        return hf.read_hf(src, max_seq_len)
+    return llama2c.read_llama2c(src, max_seq_len)
 
 
 def find_tokenizer(src: Path, tokenizer) -> Path | None:
@@ -46,12 +70,10 @@ def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | 
     tok_path = find_tokenizer(src, tokenizer)
     tok = Tokenizer(tok_path) if tok_path is not None else None
     vocab = tok.n_words if tok is not None else None
-    if fmt == "meta":
-        if not src.is_dir():
-            raise LlamaNpError(f"{src}: a Meta checkpoint is a directory with params.json and consolidated.NN.pth")
-        args, tensors = meta.read_meta(src, vocab, max_seq_len)
+    args, tensors = read_checkpoint(src, fmt, vocab, max_seq_len)
     if tok is not None and tok.n_words != args.vocab_size:
-        raise LlamaNpError(f"{tok_path}: tokenizer has {tok.n_words} pieces, the model's vocab_size is {args.vocab_size}")
+        raise LlamaNpError(f"{tok_path}: tokenizer has {tok.n_words} pieces, the model's vocab_size is "
+                           f"{args.vocab_size}; name the model's own tokenizer with --tokenizer")
     source = {"format": fmt, "path": str(src.resolve()),
               "tokenizer": str(tok_path.resolve()) if tok_path else None}
     return write_model_dir(out_dir, args, tensors, source, tok_path, progress)
