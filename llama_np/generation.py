@@ -222,11 +222,13 @@ class TextStream:
     """Turns token ids into text increments that are safe to print as they come.
 
     SentencePiece decodes a piece "▁the" as " the" except at the very start of a decode, where the
-    leading space is dropped; and a character outside the vocabulary arrives as several byte
-    tokens (<0xF0> <0x9F> <0x98> <0x80> = 😀), each of which alone decodes to U+FFFD. So we never
-    decode a single token: we decode the window of ids from the last point where the text was
-    complete (`prefix_offset`) and emit only what it adds to that window's earlier text, and we
-    hold the increment back while it ends in U+FFFD (a character still being spelled).
+    leading space is dropped (and some tokenizers drop all leading spaces there); and a character
+    outside the vocabulary arrives as several byte tokens (<0xF0> <0x9F> <0x98> <0x80> = 😀), each
+    of which alone decodes to U+FFFD. So we never decode a single token: we decode the window of
+    ids from the last point where the text was complete (`prefix_offset`), after an anchor piece
+    (so that the window is never at the start of a decode), and emit only what the newest ids add
+    to that window's text; an increment that ends in U+FFFD (a character still being spelled) is
+    held back until the character is complete.
 
     With `context` ids (the prompt) the increments continue that text: the prompt's text plus
     every increment equals decode(context + ids). Without, the increments add up to decode(ids).
@@ -234,13 +236,19 @@ class TextStream:
 
     def __init__(self, tokenizer, context: Iterable[int] = ()):
         self.tokenizer = tokenizer
+        self.anchor = tokenizer.encode("a", bos=False)[-1:]   # a plain piece ("▁a") to decode after
         self.ids: list[int] = [int(t) for t in context]
         self.prefix_offset = 0                 # the window to decode starts here ...
         self.read_offset = len(self.ids)       # ... and its text up to here has been emitted
 
+    def _decode_window(self, end: int) -> str:
+        if self.prefix_offset == 0:            # the true start: decode exactly as decode(ids) does
+            return self.tokenizer.decode(self.ids[:end])
+        return self.tokenizer.decode(self.anchor + self.ids[self.prefix_offset:end])
+
     def _increment(self) -> str:
-        prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        prefix_text = self._decode_window(self.read_offset)
+        text = self._decode_window(len(self.ids))
         assert text.startswith(prefix_text), f"TextStream: {text!r} does not continue {prefix_text!r}"
         return text[len(prefix_text):]
 
