@@ -5,6 +5,7 @@ Bad input ends with one line `error: ...` on stderr and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from .errors import LlamaNpError
@@ -33,12 +34,17 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (default 0 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="end the answer before this text (repeatable); the stop text is never printed")
+                   help="end the answer before this text (repeatable); the stop text is never printed; "
+                        "\\n, \\t and \\\\ are read as newline, tab and backslash")
 
+
+MAIN_EPILOG = """generate and chat take --max-new-tokens --temperature --top-p --top-k --seed --stop;
+generate also --logprobs --echo (and several --prompt as one batch); perplexity --context --stride.
+See `llama-np COMMAND --help`."""
 
 GENERATE_EPILOG = """examples:
   llama-np generate llama-2-7b-np --prompt "The capital of France is" --temperature 0
-  llama-np generate llama-2-7b-np --prompt "Q: why is the sky blue?\nA:" --stop "\nQ:" --seed 1
+  llama-np generate llama-2-7b-np --prompt "Q: why is the sky blue? A:" --stop "\\nQ:" --seed 1
   llama-np generate llama-2-7b-np --prompt "I believe" --prompt "Simply put," --max-new-tokens 32
   llama-np generate llama-2-7b-np --prompt "Hello" --temperature 0 --logprobs --echo
 Several --prompt options are generated together as one batch (Meta's text_completion).
@@ -47,7 +53,7 @@ Without --echo only the new text is printed; with --echo the prompt comes first.
 
 CHAT_EPILOG = """Type a message and press Enter; the answer streams back. Ctrl-D (end of input) quits.
 Messages can also be piped in, one per line:
-  printf 'Hi!\nTell me a joke.\n' | llama-np chat llama-2-7b-chat-np --system "Answer briefly."
+  printf 'Hi!\\nTell me a joke.\\n' | llama-np chat llama-2-7b-chat-np --system "Answer briefly."
 When the conversation outgrows the context, the oldest turns are dropped (the system prompt is
 kept) and a note says so on stderr."""
 
@@ -58,7 +64,8 @@ Hugging Face's perplexity guide); perplexity = exp(mean negative log-likelihood)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.")
+    parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.", epilog=MAIN_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("convert", help="convert a checkpoint into a llama_np model directory")
@@ -101,11 +108,17 @@ def cmd_convert(a) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def _unescape(text: str) -> str:
+    """--stop "\\n" means a newline (a shell passes backslash-n literally)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def _check_generation_args(a) -> None:
     """Bad options fail before the model is opened."""
     from .generation import check_stop
     from .sampling import check_sampling
 
+    a.stop = [_unescape(s) for s in a.stop] if a.stop else None
     check_sampling(a.temperature, a.top_p, a.top_k)
     if a.max_new_tokens < 0:
         raise LlamaNpError(f"--max-new-tokens must be >= 0, got {a.max_new_tokens}")

@@ -138,3 +138,10 @@ def test_stream_from_the_model_ends_before_the_stop_text(model_dir):
     assert r.returncode == 0, r.stderr
     assert r.stdout == (model.tokenizer.decode(model.tokenizer.encode("the sea")) + full[:full.find(stop)] + "\n"
                         ).replace("\r", "\n")
+
+
+def test_cli_stop_option_reads_backslash_escapes():
+    from llama_np.cli import _unescape
+
+    assert _unescape(r"\nQ:") == "\nQ:" and _unescape(r"a\tb") == "a\tb" and _unescape(r"\\n") == "\\n"
+    assert _unescape("plain é") == "plain é"
