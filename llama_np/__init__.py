@@ -2,8 +2,8 @@
 from .chat import chat_completion, encode_dialog
 from .config import ModelArgs
 from .errors import LlamaNpError
-from .kv_cache import KVCache
 from .generation import generate_batch, stream, text_completion
+from .kv_cache import KVCache
 from .model import Llama, load
 from .perplexity import perplexity
 from .tokenizer import Tokenizer

@@ -5,6 +5,7 @@ Bad input ends with one line `error: ...` on stderr and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 
@@ -136,15 +137,17 @@ def _load_with_tokenizer(model_dir):
 
 
 def cmd_generate(a) -> None:
-    from .generation import GenerationStats, prompt_ids, stream
+    from .generation import GenerationStats, check_generation, prompt_ids, stream
 
     _check_generation_args(a)
     model = _load_with_tokenizer(a.model_dir)
     if len(a.prompt) > 1 or a.logprobs:
         return _generate_batch(a, model)
     stats = GenerationStats()
+    ids = prompt_ids(model, a.prompt[0])
+    check_generation(model, [ids], a.max_new_tokens, a.temperature, a.top_p, a.top_k)   # before printing
     if a.echo:
-        print(model.tokenizer.decode(prompt_ids(model, a.prompt[0])), end="", flush=True)
+        print(model.tokenizer.decode(ids), end="", flush=True)
     for piece in stream(model, a.prompt[0], a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed, a.stop,
                         continuation=a.echo, stats=stats):
         print(piece, end="", flush=True)
@@ -179,7 +182,7 @@ def cmd_chat(a) -> None:
     interactive = sys.stdin.isatty()
     if interactive:
         print("chatting; end with Ctrl-D", file=sys.stderr)
-    for turn in range(10**9):
+    for turn in itertools.count():
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()

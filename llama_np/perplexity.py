@@ -67,12 +67,11 @@ def check_window(model, context, stride) -> tuple[int, int]:
 
 def window_nll(model, tokens: np.ndarray, begin: int, end: int, first: int) -> np.ndarray:
     """NLL of tokens[first:end] given the window tokens[begin:end].  -> (end - first,) float64"""
-    logits = model.forward(tokens[None, begin:end], start_pos=0)[0]            # (T, V)
-    pred = logits[first - 1 - begin:end - 1 - begin]                           # (n, V) predicting tokens[first:end]
-    peak = pred.max(axis=-1, keepdims=True)                                    # (n, 1)
-    log_z = peak[:, 0].astype(np.float64) + np.log(np.exp(pred - peak).sum(axis=-1, dtype=np.float64))  # (n,)
-    picked = pred[np.arange(len(pred)), tokens[first:end]].astype(np.float64)  # (n,)
-    return log_z - picked
+    from .generation import token_logprobs
+
+    logits = model.forward(tokens[None, begin:end], start_pos=0)               # (1, T, V)
+    pred = logits[:, first - 1 - begin:end - 1 - begin]                        # (1, n, V) predicting tokens[first:end]
+    return -token_logprobs(pred, tokens[None, first:end])[0]                  # (n,)
 
 
 def perplexity_result(model, text_or_ids, context: int | None = None, stride: int | None = None,
