@@ -5,6 +5,8 @@ Bad input ends with one line `error: ...` on stderr and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 import sys
 
 from .errors import LlamaNpError
@@ -35,19 +37,66 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
     p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (default 0 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end the answer before this text (repeatable); the stop text is never printed; "
+                        "\\n, \\t and \\\\ are read as newline, tab and backslash")
+
+
+MAIN_EPILOG = """generate and chat take --max-new-tokens --temperature --top-p --top-k --seed --stop;
+generate also --logprobs --echo (and several --prompt as one batch); perplexity --context --stride.
+See `llama-np COMMAND --help`."""
+
+GENERATE_EPILOG = """examples:
+  llama-np generate llama-2-7b-np --prompt "The capital of France is" --temperature 0
+  llama-np generate llama-2-7b-np --prompt "Q: why is the sky blue? A:" --stop "\\nQ:" --seed 1
+  llama-np generate llama-2-7b-np --prompt "I believe" --prompt "Simply put," --max-new-tokens 32
+  llama-np generate llama-2-7b-np --prompt "Hello" --temperature 0 --logprobs --echo
+Several --prompt options are generated together as one batch (Meta's text_completion).
+Without --echo only the new text is printed; with --echo the prompt comes first.
+--logprobs prints, after the text, each token's log-probability (natural log) under the model."""
+
+CHAT_EPILOG = """Type a message and press Enter; the answer streams back. Ctrl-D (end of input) quits.
+Messages can also be piped in, one per line:
+  printf 'Hi!\\nTell me a joke.\\n' | llama-np chat llama-2-7b-chat-np --system "Answer briefly."
+When the conversation outgrows the context, the oldest turns are dropped (the system prompt is
+kept) and a note says so on stderr."""
+
+PERPLEXITY_EPILOG = """example:
+  llama-np perplexity llama-2-7b-np wiki.test.raw --context 1024 --stride 512
+Each token is scored once, with up to CONTEXT-1 tokens before it (sliding windows, as in
+Hugging Face's perplexity guide); perplexity = exp(mean negative log-likelihood)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.")
+    parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.", epilog=MAIN_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("convert", help="convert a checkpoint into a llama_np model directory")
     _add_convert_args(p)
 
-    p = sub.add_parser("generate", help="complete a prompt, streaming the text")
+    p = sub.add_parser("generate", help="complete a prompt, streaming the text", epilog=GENERATE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help="a converted model directory")
-    p.add_argument("--prompt", required=True, help="the text to complete")
+    p.add_argument("--prompt", required=True, action="append",
+                   help="the text to complete (repeat it to generate several prompts as one batch)")
     _add_sampling_args(p)
+    p.add_argument("--logprobs", action="store_true", help="print each token's log-probability after the text")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the new text (and score it)")
+
+    p = sub.add_parser("chat", help="chat with a LLaMA 2 chat model (interactive, or messages piped in)",
+                       epilog=CHAT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", help="a converted model directory (a chat model, e.g. llama-2-7b-chat)")
+    p.add_argument("--system", default=None, help="a system prompt, kept for the whole conversation")
+    _add_sampling_args(p)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file (teacher-forced, sliding windows)",
+                       epilog=PERPLEXITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", help="a converted model directory")
+    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("--context", type=int, default=None, help="window length in tokens (default: max_seq_len)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts, in [1, context-1] (default: context/2)")
 
     p = sub.add_parser("demo", help="build a tiny random-weight model and generate from it (no download)")
     p.add_argument("--prompt", default="Once upon a time")
@@ -67,20 +116,115 @@ def cmd_convert(a) -> None:
     print(f"wrote {out} ({size:.2f} GB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
-def cmd_generate(a) -> None:
-    from . import load
-    from .generation import GenerationStats
+def _unescape(text: str) -> str:
+    """--stop "\\n" means a newline (a shell passes backslash-n literally)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
-    model = load(a.model_dir)
+
+def _check_generation_args(a) -> None:
+    """Bad options fail before the model is opened."""
+    from .generation import check_stop
+    from .sampling import check_sampling
+
+    a.stop = [_unescape(s) for s in a.stop] if a.stop else None
+    check_sampling(a.temperature, a.top_p, a.top_k)
+    if a.max_new_tokens < 0:
+        raise LlamaNpError(f"--max-new-tokens must be >= 0, got {a.max_new_tokens}")
+    check_stop(a.stop)
+
+
+def _load_with_tokenizer(model_dir):
+    from . import load
+
+    model = load(model_dir)
     if model.tokenizer is None:
-        raise LlamaNpError(f"{a.model_dir} has no tokenizer.model, so it cannot turn text into tokens: "
+        raise LlamaNpError(f"{model_dir} has no tokenizer.model, so it cannot turn text into tokens: "
                            f"convert it again with --tokenizer PATH")
+    return model
+
+
+def cmd_generate(a) -> None:
+    from .generation import GenerationStats, check_generation, prompt_ids, stream
+
+    _check_generation_args(a)
+    model = _load_with_tokenizer(a.model_dir)
+    if len(a.prompt) > 1 or a.logprobs:
+        return _generate_batch(a, model)
     stats = GenerationStats()
-    print(a.prompt, end="", flush=True)
-    model.generate(a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                   top_k=a.top_k, seed=a.seed, on_text=lambda s: print(s, end="", flush=True), stats=stats)
+    ids = prompt_ids(model, a.prompt[0])
+    check_generation(model, [ids], a.max_new_tokens, a.temperature, a.top_p, a.top_k)   # before printing
+    if a.echo:
+        print(model.tokenizer.decode(ids), end="", flush=True)
+    for piece in stream(model, a.prompt[0], a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed, a.stop,
+                        continuation=a.echo, stats=stats):
+        print(piece, end="", flush=True)
     print(flush=True)
     print(f"[{stats.summary()}]", file=sys.stderr)
+
+
+def _generate_batch(a, model) -> None:
+    """Several prompts (one batch, Meta's text_completion) or --logprobs: printed when done."""
+    from .generation import text_completion
+
+    results = text_completion(model, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed,
+                              logprobs=a.logprobs, echo=a.echo, stop=a.stop)
+    for i, (prompt, result) in enumerate(zip(a.prompt, results)):
+        if len(results) > 1:
+            print(f"=== {i + 1}/{len(results)}: {prompt!r}")
+        print(result["generation"], flush=True)
+        if a.logprobs:
+            print("--- logprob (natural log) per token ---")
+            for token, lp in zip(result["token_ids"], result["logprobs"]):
+                print(f"{lp:10.4f}  {token:6d}  {model.tokenizer.id_to_piece(token)}")
+
+
+def cmd_chat(a) -> None:
+    from .chat import chat, fit_dialog
+
+    _check_generation_args(a)
+    model = _load_with_tokenizer(a.model_dir)
+    max_seq_len = model.config.max_seq_len
+    room = min(a.max_new_tokens, max_seq_len // 2)        # positions kept free for the answer
+    history = [{"role": "system", "content": a.system}] if a.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chatting; end with Ctrl-D", file=sys.stderr)
+    for turn in itertools.count():
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        dialog, dropped = fit_dialog(model.tokenizer, history + [{"role": "user", "content": line.rstrip("\n")}],
+                                     max_seq_len - room)
+        if dropped:
+            print(f"[the conversation outgrew the {max_seq_len}-token context: dropped the {dropped} oldest "
+                  f"turn(s){', kept the system prompt' if a.system else ''}]", file=sys.stderr)
+        seed = None if a.seed is None else a.seed + turn
+        answer = chat(model, dialog, a.max_new_tokens, a.temperature, a.top_p, a.top_k, seed, a.stop,
+                      on_text=lambda s: print(s, end="", flush=True))
+        print(flush=True)
+        history = dialog + [answer]
+
+
+def cmd_perplexity(a) -> None:
+    from pathlib import Path
+
+    from .perplexity import check_window, perplexity_result
+
+    path = Path(a.file)
+    if not path.is_file():
+        raise LlamaNpError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamaNpError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    model = _load_with_tokenizer(a.model_dir)
+    check_window(model, a.context, a.stride)
+    result = perplexity_result(model, text, a.context, a.stride, progress=True)
+    print(result.summary())
 
 
 def cmd_demo(a) -> None:
@@ -89,7 +233,8 @@ def cmd_demo(a) -> None:
     run_demo(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed)
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "demo": cmd_demo}
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "demo": cmd_demo, "chat": cmd_chat,
+            "perplexity": cmd_perplexity}
 
 
 def main(argv=None) -> int:

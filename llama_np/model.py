@@ -125,6 +125,12 @@ class Llama:
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
+    def chat(self, dialog, **kwargs) -> dict:
+        """The assistant's answer to a LLaMA 2 chat dialog -> {"role": "assistant", "content": ...}."""
+        from .chat import chat
+
+        return chat(self, dialog, **kwargs)
+
 
 def load(model_dir, fp32: str = "auto") -> Llama:
     """Open a converted model directory; the weights are memory-mapped, not read."""

@@ -25,6 +25,7 @@ class Tokenizer:
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
         self.pad_id: int = self.sp.pad_id()
+        assert self.sp.vocab_size() == self.sp.get_piece_size(), f"{model_path}: inconsistent piece count"
 
     def encode(self, s: str, bos: bool = True, eos: bool = False) -> list[int]:
         assert isinstance(s, str), f"encode: expected str, got {type(s).__name__}"
