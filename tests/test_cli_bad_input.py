@@ -55,9 +55,10 @@ def broken_copy(meta_dir, tmp_path, name="src"):
 
 
 def test_convert_then_generate_works(model_dir):
-    result = run_cli("generate", model_dir, "--prompt", "Once upon", "--max-new-tokens", "5", "--seed", "1")
+    result = run_cli("generate", model_dir, "--prompt", "Once upon", "--max-new-tokens", "5", "--seed", "1",
+                     "--echo")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Once upon")
+    assert result.stdout.startswith("Once upon")                # --echo prints the prompt first
     assert "prompt tokens" in result.stderr and "decode" in result.stderr
 
 
@@ -130,7 +131,7 @@ def test_prompt_longer_than_max_seq_len(model_dir):
     (["--top-p", "0"], "top_p"),
     (["--top-p", "1.5"], "top_p"),
     (["--top-k", "-3"], "top_k"),
-    (["--max-new-tokens", "-1"], "max_new_tokens"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "hot"], "invalid float"),
     (["--frobnicate"], "unrecognized"),
 ])

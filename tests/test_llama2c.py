@@ -156,7 +156,7 @@ def test_tokenizer_flag_supplies_the_llama2_tokenizer(tmp_path, llama2_tokenizer
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == llama2_tokenizer_path.read_bytes()
     result = run_cli("generate", tmp_path / "out", "--prompt", "Once upon a time", "--max-new-tokens", "3",
-                     "--temperature", "0")
+                     "--temperature", "0", "--echo")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Once upon a time")
 
