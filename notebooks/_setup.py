@@ -120,11 +120,11 @@ def llama2_tokenizer(model=None) -> tuple[llama_np.Tokenizer, str]:
 
 
 def prompt_tokens(model, text: str, n_without_tokenizer: int = 24) -> np.ndarray:
-    """(1, T) ids for `text` with BOS; without a tokenizer (stories260K), BOS and the tokens the model
-    itself chooses greedily -- a sequence the model finds natural, so its attention is typical."""
+    """(1, T) ids for `text` with BOS; without a tokenizer (stories260K), BOS and tokens the model itself
+    samples (seeded) -- a sequence the model finds natural, so what it does with it is typical."""
     if model.tokenizer is not None:
         return np.array([model.tokenizer.encode(text)])
-    ids = model.generate([1], max_new_tokens=n_without_tokenizer - 1, temperature=0.0)
+    ids = model.generate([1], max_new_tokens=n_without_tokenizer - 1, temperature=0.8, top_p=0.9, seed=0)
     return np.array([[1] + ids])
 
 
