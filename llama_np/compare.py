@@ -193,9 +193,9 @@ def main(model_dir, n_tokens: int = 16, prompt: str | None = None) -> int:
     """The CLI command: 0 when every tensor agrees within TOL, 1 when one does not."""
     from . import load
 
-    require_torch()
-    model = load(model_dir)
+    model = load(model_dir)                     # bad input is reported before the slow torch import
     tokens = compare_tokens(model, n_tokens, prompt)
+    require_torch()
     diffs = run_compare(model, tokens)
     print(summary(diffs))
     return 0 if first_above(diffs) is None else 1
