@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Once upon a time")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("compare", help="our forward pass beside a PyTorch reference, per layer and component "
+                                       "(needs torch)")
+    p.add_argument("model_dir", help="a converted model directory")
+    p.add_argument("--tokens", type=int, default=16, help="compare on BOS + N-1 seeded random ids (default 16)")
+    p.add_argument("--prompt", default=None, help="compare on this text instead (needs the model's tokenizer)")
     return parser
 
 
@@ -235,6 +241,16 @@ def cmd_demo(a) -> None:
 
 COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "demo": cmd_demo, "chat": cmd_chat,
             "perplexity": cmd_perplexity}
+
+
+def cmd_compare(a) -> None:
+    from .compare import main as compare_main
+
+    if compare_main(a.model_dir, a.tokens, a.prompt) != 0:
+        raise SystemExit(1)                       # a difference above tolerance (not bad input)
+
+
+COMMANDS["compare"] = cmd_compare
 
 
 def main(argv=None) -> int:
