@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete a prompt, streaming the text")
     p.add_argument("model_dir", help="a converted model directory")
     p.add_argument("--prompt", required=True, help="the text to complete")
+    p.add_argument("--cache-fp32", default="auto", choices=["auto", "on", "off"],
+                   help="float32 copies of the weights: on, off (convert float16 blocks on the fly), "
+                        "or auto = on when they fit in half of the available RAM (default)")
     _add_sampling_args(p)
 
     p = sub.add_parser("demo", help="build a tiny random-weight model and generate from it (no download)")
@@ -64,7 +67,7 @@ def cmd_generate(a) -> None:
     from . import load
     from .generation import GenerationStats
 
-    model = load(a.model_dir)
+    model = load(a.model_dir, fp32=a.cache_fp32)
     if model.tokenizer is None:
         raise LlamaNpError(f"{a.model_dir} has no tokenizer.model, so it cannot turn text into tokens: "
                            f"convert it again with --tokenizer PATH")
