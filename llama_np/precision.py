@@ -35,6 +35,7 @@ import numpy as np
 
 FP32_CHOICES = ("auto", "on", "off")
 BLOCK_ELEMENTS = 1 << 18           # 256K weights per block: 512 KB float16 + 1 MB float32, cache-sized
+GEMM_BLOCK_ELEMENTS = 1 << 22      # 4M weights per block when many tokens share each converted block
 _CLEAR_SIGN_COPIES = np.int32(0x8FFFFFFF - (1 << 32))   # keep bit 31, clear bits 30..28
 _TWO_POW_112 = np.float32(2.0 ** 112)
 _pool: ThreadPoolExecutor | None = None
@@ -77,15 +78,24 @@ def _row_blocks(n_rows: int, n_cols: int, n_parts: int) -> list[tuple[int, int]]
 def linear_f16(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w.T for a float16 weight w (out, in), never materialising w in float32.
 
-    x (N, in) float32 -> (N, out) float32. Each thread takes a range of w's rows and walks it in
-    blocks of ~BLOCK_ELEMENTS weights: widen the block into a float32 scratch buffer that stays in
-    cache, multiply it with x, move on. Every weight byte is read from memory once.
+    x (N, in) float32 -> (N, out) float32. Every weight byte is read from memory once.
+    Decoding (few rows in x): each thread takes a range of w's rows and walks it in blocks of
+    ~BLOCK_ELEMENTS weights: widen the block into a float32 scratch buffer that stays in cache,
+    multiply x by it, move on. A prompt (many rows): the widening is shared by all N rows, so
+    widen bigger blocks (on all threads) and hand each to one BLAS matrix product.
     """
     N, n_in = x.shape
     n_out = w.shape[0]
     assert w.dtype == np.float16 and w.shape[1] == n_in, f"linear_f16: x {x.shape} vs w {w.dtype} {w.shape}"
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((N, n_out), np.float32)                                # (N, out)
+    if N >= 16:
+        rows = max(1, GEMM_BLOCK_ELEMENTS // n_in)
+        scratch = np.empty((min(rows, n_out), n_in), np.float32)          # (rows, in)
+        for r in range(0, n_out, rows):
+            block = to_float32(w[r:r + rows], out=scratch[:min(rows, n_out - r)])  # (n, in)
+            np.matmul(x, block.T, out=out[:, r:r + rows])                 # (N, n)
+        return out
     rows = max(1, BLOCK_ELEMENTS // n_in)
 
     def work(first: int, last: int) -> None:
@@ -99,10 +109,12 @@ def linear_f16(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_float32(w: np.ndarray) -> np.ndarray:
-    """A float32 copy of a float16 array, converted in blocks by all cores."""
+def to_float32(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A float32 copy of a float16 array (into `out` if given), converted in blocks by all cores."""
     assert w.dtype == np.float16, f"to_float32: expected float16, got {w.dtype}"
-    out = np.empty(w.shape, np.float32)
+    out = np.empty(w.shape, np.float32) if out is None else out
+    assert out.shape == w.shape and out.dtype == np.float32 and out.flags.c_contiguous, \
+        f"to_float32: out {out.dtype} {out.shape} vs {w.shape}"
     flat_in, flat_out = w.reshape(-1), out.reshape(-1)
 
     def work(first: int, last: int) -> None:

@@ -24,12 +24,13 @@ def test_integer_widening_equals_numpy_cast_bit_for_bit_on_every_finite_float16(
 
 def test_blocked_float16_product_equals_float32_product_of_the_cast_matrix():
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((1000, 300)) * 0.05).astype(np.float16)    # blocks of 873 rows, uneven split
-    x = rng.standard_normal((5, 300)).astype(np.float32)
-    expected = x.astype(np.float64) @ w.astype(np.float64).T
-    got = linear_f16(x, w)
-    assert got.shape == (5, 1000) and got.dtype == np.float32
-    assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-6
+    w = (rng.standard_normal((1000, 300)) * 0.05).astype(np.float16)    # 873-row blocks, uneven split
+    for n_rows in (5, 20):                                              # the decode path, the prompt path
+        x = rng.standard_normal((n_rows, 300)).astype(np.float32)
+        expected = x.astype(np.float64) @ w.astype(np.float64).T
+        got = linear_f16(x, w)
+        assert got.shape == (n_rows, 1000) and got.dtype == np.float32
+        assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-6
     np.testing.assert_array_equal(to_float32(w), w.astype(np.float32))
 
 
