@@ -67,6 +67,12 @@ Each token is scored once, with up to CONTEXT-1 tokens before it (sliding window
 Hugging Face's perplexity guide); perplexity = exp(mean negative log-likelihood)."""
 
 
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-fp32", default="auto", choices=["auto", "on", "off"],
+                   help="float32 copies of the weights: on, off (convert float16 blocks on the fly), "
+                        "or auto = on when they fit in half of the available RAM (default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.", epilog=MAIN_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a converted model directory")
     p.add_argument("--prompt", required=True, action="append",
                    help="the text to complete (repeat it to generate several prompts as one batch)")
+    _add_precision_arg(p)
     _add_sampling_args(p)
     p.add_argument("--logprobs", action="store_true", help="print each token's log-probability after the text")
     p.add_argument("--echo", action="store_true", help="print the prompt before the new text (and score it)")
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a converted model directory (a chat model, e.g. llama-2-7b-chat)")
     p.add_argument("--system", default=None, help="a system prompt, kept for the whole conversation")
     _add_sampling_args(p)
+    _add_precision_arg(p)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file (teacher-forced, sliding windows)",
                        epilog=PERPLEXITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None, help="window length in tokens (default: max_seq_len)")
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts, in [1, context-1] (default: context/2)")
+    _add_precision_arg(p)
 
     p = sub.add_parser("demo", help="build a tiny random-weight model and generate from it (no download)")
     p.add_argument("--prompt", default="Once upon a time")
@@ -139,10 +148,10 @@ def _check_generation_args(a) -> None:
     check_stop(a.stop)
 
 
-def _load_with_tokenizer(model_dir):
+def _load_with_tokenizer(model_dir, fp32: str = "auto"):
     from . import load
 
-    model = load(model_dir)
+    model = load(model_dir, fp32=fp32)
     if model.tokenizer is None:
         raise LlamaNpError(f"{model_dir} has no tokenizer.model, so it cannot turn text into tokens: "
                            f"convert it again with --tokenizer PATH")
@@ -153,7 +162,7 @@ def cmd_generate(a) -> None:
     from .generation import GenerationStats, check_generation, prompt_ids, stream
 
     _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir)
+    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
     if len(a.prompt) > 1 or a.logprobs:
         return _generate_batch(a, model)
     stats = GenerationStats()
@@ -188,7 +197,7 @@ def cmd_chat(a) -> None:
     from .chat import chat, fit_dialog
 
     _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir)
+    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
     max_seq_len = model.config.max_seq_len
     room = min(a.max_new_tokens, max_seq_len // 2)        # positions kept free for the answer
     history = [{"role": "system", "content": a.system}] if a.system else []
@@ -227,7 +236,7 @@ def cmd_perplexity(a) -> None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LlamaNpError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    model = _load_with_tokenizer(a.model_dir)
+    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
     check_window(model, a.context, a.stride)
     result = perplexity_result(model, text, a.context, a.stride, progress=True)
     print(result.summary())

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .precision import linear_f16
+
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight.  (..., D) -> (..., D)"""
@@ -77,34 +79,38 @@ def causal_mask(T: int, start_pos: int) -> np.ndarray:
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndarray | None,
               trace: dict | None = None) -> np.ndarray:
-    """Grouped-query scaled dot-product attention.
+    """Grouped-query scaled dot-product attention: softmax(q k^T / sqrt(HD) + mask) v.
 
     q (B, T, H, HD); keys, values (B, S, KVH, HD); mask (T, S) or None -> (B, T, H, HD)
-    Query head h = kvh * R + r shares kv head kvh (as Meta's repeat_kv): we view the H query
-    heads as (KVH, R) and let each group of R heads attend to its one kv head, with no copy.
+    Query head h = kvh * R + r shares kv head kvh (as Meta's repeat_kv). Instead of repeating
+    the keys R times we stack the R query heads of a group (times their T tokens) into the rows of
+    one matrix, so each kv head takes part in a single matrix product. keys and values are read
+    in place: their transposes below are strided views of the cache that BLAS takes as they are.
     """
     B, T, H, HD = q.shape
     _, S, KVH, _ = keys.shape
     assert H % KVH == 0 and keys.shape == values.shape == (B, S, KVH, HD), \
         f"attention: q {q.shape}, keys {keys.shape}, values {values.shape}"
     R = H // KVH
-    qg = q.reshape(B, T, KVH, R, HD).transpose(0, 2, 3, 1, 4)   # (B, KVH, R, T, HD)
-    k = keys.transpose(0, 2, 3, 1)[:, :, None]                  # (B, KVH, 1, HD, S)
-    v = values.transpose(0, 2, 1, 3)[:, :, None]                # (B, KVH, 1, S, HD)
-    scores = (qg @ k) * np.float32(1.0 / np.sqrt(HD))          # (B, KVH, R, T, S)
+    qg = q.reshape(B, T, KVH, R, HD).transpose(0, 2, 3, 1, 4).reshape(B, KVH, R * T, HD)  # (B, KVH, R*T, HD)
+    k = keys.transpose(0, 2, 3, 1)                                  # (B, KVH, HD, S) view
+    v = values.transpose(0, 2, 1, 3)                                # (B, KVH, S, HD) view
+    scores = (qg @ k).reshape(B, KVH, R, T, S)                      # (B, KVH, R, T, S)
+    scores *= np.float32(1.0 / np.sqrt(HD))
     if mask is not None:
-        scores += mask                                          # (T, S) broadcast
-    probs = softmax(scores, axis=-1)                            # (B, KVH, R, T, S)
+        scores += mask                                              # (T, S) broadcast
+    probs = softmax(scores, axis=-1)                                # (B, KVH, R, T, S)
     if trace is not None:
         trace["scores"] = scores.reshape(B, H, T, S).copy()
         trace["probs"] = probs.reshape(B, H, T, S).copy()
-    out = probs @ v                                             # (B, KVH, R, T, HD)
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, HD)    # (B, T, H, HD)
+    out = probs.reshape(B, KVH, R * T, S) @ v                       # (B, KVH, R*T, HD)
+    return out.reshape(B, KVH, R, T, HD).transpose(0, 3, 1, 2, 4).reshape(B, T, H, HD)  # (B, T, H, HD)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum, stable for -inf entries (masked positions get probability 0)."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
 
@@ -115,8 +121,14 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """A bias-free projection, torch's Linear: (..., in) @ (out, in).T -> (..., out)"""
+    """A bias-free projection, torch's Linear: (..., in) @ (out, in).T -> (..., out)
+
+    A float32 w goes straight to BLAS (w.T is a transposed view, not a copy). A float16 w (the
+    memory-mapped file) is converted block by block inside the product: see precision.py.
+    """
     assert x.shape[-1] == w.shape[1], f"linear: x {x.shape} vs w {w.shape}"
+    if w.dtype == np.float16:
+        return linear_f16(x.reshape(-1, w.shape[1]), w).reshape(*x.shape[:-1], w.shape[0])
     return x @ w.T
 
 

@@ -133,10 +133,15 @@ class Llama:
 
 
 def load(model_dir, fp32: str = "auto") -> Llama:
-    """Open a converted model directory; the weights are memory-mapped, not read."""
+    """Open a converted model directory. The float16 weights are memory-mapped; `fp32` chooses
+    what the forward pass computes with (precision.py): "on" = float32 copies of the matrices,
+    "off" = the float16 map itself, converted block by block inside each product, "auto" = copies
+    when they fit in half of the available RAM."""
+    from .precision import working_weights
     from .weights import TOKENIZER_FILE, read_model_dir
 
     args, weights, config = read_model_dir(model_dir)
+    weights = working_weights(weights, fp32)
     tok_path = Path(model_dir) / TOKENIZER_FILE
     tokenizer = Tokenizer(tok_path) if tok_path.exists() else None
     return Llama(args, weights, tokenizer, source=config.get("source"))

@@ -1,0 +1,494 @@
+"""llama_np against PyTorch (transformers), side by side, on the same random weights and prompt.
+
+    python benchmarks/bench.py                       # stories15M, stories110M, TinyLlama-1.1B shapes
+    python benchmarks/bench.py --with-7b             # + LLaMA-2-7B (13.5 GB; written once, with its
+                                                     #   Meta-format source and a timed conversion)
+    python benchmarks/bench.py --update-readme       # put the table into README.md
+
+For every shape, each side runs in its own subprocess (so peak RSS is per side) and reports:
+prefill tokens/s (one forward over a 128-token prompt), decode tokens/s (128 greedy tokens, one
+token per forward through the KV cache), load time to first logits, and peak RSS. The parent also
+measures the machine's memory bandwidth (a 512 MB float32 matrix-vector product) and prints the
+floor of decoding: the bytes of weights one decoded token must read / that bandwidth.
+
+Model files live in --cache-dir (default /work/bench-cache), outside the repository; they are
+random weights in llama_np's converted format, written once and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHAPES = {  # name: (dim, n_layers, n_heads, n_kv_heads, hidden_dim, vocab_size)
+    "stories15M": (288, 6, 6, 6, 768, 32000),
+    "stories110M": (768, 12, 12, 12, 2048, 32000),
+    "TinyLlama-1.1B": (2048, 22, 32, 4, 5632, 32000),
+    "LLaMA-2-7B": (4096, 32, 32, 32, 11008, 32000),
+}
+BIG = "LLaMA-2-7B"
+
+
+def model_args(shape: str, max_seq_len: int = 2048):
+    from llama_np.config import ModelArgs
+
+    dim, n_layers, n_heads, n_kv_heads, hidden_dim, vocab_size = SHAPES[shape]
+    return ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                     hidden_dim=hidden_dim, vocab_size=vocab_size, max_seq_len=max_seq_len)
+
+
+def random_tensor(rng, shape):
+    """Weights ~ N(0, 1/in_features) (norm weights ~1), generated in float32 row chunks."""
+    if len(shape) == 1:
+        return lambda: (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+    def load():
+        out = np.empty(shape, np.float16)
+        step = max(1, (1 << 24) // shape[1])
+        for r in range(0, shape[0], step):
+            block = rng.standard_normal((min(step, shape[0] - r), shape[1]), dtype=np.float32)
+            out[r:r + step] = block * np.float32(1.0 / np.sqrt(shape[1]))
+        return out
+    return load
+
+
+def make_converted(shape: str, cache_dir: Path) -> Path:
+    """A converted model directory with random float16 weights for `shape` (written once)."""
+    from llama_np.weights import expected_shapes, write_model_dir
+
+    out = cache_dir / f"{shape}-np"
+    if (out / "config.json").exists():
+        return out
+    print(f"writing random {shape} weights to {out}", file=sys.stderr)
+    args = model_args(shape)
+    rng = np.random.default_rng(0)
+    tensors = [(n, random_tensor(rng, s)) for n, s in expected_shapes(args).items()]
+    return write_model_dir(out, args, tensors, {"format": "bench", "random_weights": True}, None, True)
+
+
+# ---------------------------------------------------------------- the 7B Meta-format source
+def write_meta(out: Path, shape: str = BIG) -> Path:
+    """params.json + consolidated.00.pth in Meta's format (random bfloat16), without torch.save.
+
+    A .pth is a stored zip: archive/data.pkl (the state dict, tensors as persistent storage ids)
+    and archive/data/<key> (raw little-endian storages). We stream each storage into the zip
+    in chunks, so writing 13.5 GB takes a few hundred MB of RAM.
+    """
+    import io
+    import pickle
+    import zipfile
+    from collections import OrderedDict
+
+    import torch  # only for the two names the pickle refers to; no tensor is made with it
+
+    from llama_np.weights import expected_shapes
+
+    if (out / "consolidated.00.pth").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    dim, n_layers, n_heads, n_kv_heads, hidden_dim, vocab_size = SHAPES[shape]
+    multiple_of = 256 if hidden_dim % 256 == 0 else 32
+    (out / "params.json").write_text(json.dumps({"dim": dim, "multiple_of": multiple_of, "n_heads": n_heads,
+                                                 "n_kv_heads": n_kv_heads, "n_layers": n_layers,
+                                                 "norm_eps": 1e-5, "vocab_size": vocab_size}))
+    shapes = expected_shapes(model_args(shape))
+
+    class Tensor:                                   # what the pickle will call _rebuild_tensor_v2 on
+        def __init__(self, key, shape):
+            self.key, self.shape = key, shape
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, tuple) and obj and obj[0] == "__storage__":
+                return ("storage", torch.BFloat16Storage, obj[1], "cpu", obj[2])
+            return None
+
+        def reducer_override(self, obj):
+            if isinstance(obj, Tensor):
+                n = int(np.prod(obj.shape))
+                stride = tuple(int(np.prod(obj.shape[i + 1:])) for i in range(len(obj.shape)))
+                return (torch._utils._rebuild_tensor_v2,
+                        (("__storage__", obj.key, n), 0, obj.shape, stride, False, OrderedDict()))
+            return NotImplemented
+
+    state = OrderedDict((name, Tensor(str(i), shape)) for i, (name, shape) in enumerate(shapes.items()))
+    pkl = io.BytesIO()
+    Pickler(pkl, protocol=2).dump(state)
+    rng = np.random.default_rng(7)
+    tmp = out / "consolidated.00.pth.partial"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        z.writestr("consolidated/data.pkl", pkl.getvalue())
+        z.writestr("consolidated/byteorder", "little")
+        z.writestr("consolidated/version", "3\n")
+        for i, (name, shape) in enumerate(shapes.items()):
+            if i % 10 == 0:
+                print(f"writing {out.name}: tensor {i + 1}/{len(shapes)}", file=sys.stderr, flush=True)
+            with z.open(f"consolidated/data/{i}", "w", force_zip64=True) as f:
+                rows = shape[0] if len(shape) == 2 else 1
+                cols = shape[-1]
+                step = max(1, (1 << 23) // cols)
+                for r in range(0, rows, step):
+                    n = min(step, rows - r)
+                    x = rng.standard_normal((n, cols), dtype=np.float32)
+                    x = x * np.float32(1.0 / np.sqrt(cols)) if len(shape) == 2 else 1 + 0.1 * x
+                    f.write((x.view(np.uint32) >> 16).astype("<u2").tobytes())   # bfloat16 = top 16 bits
+    os.replace(tmp, out / "consolidated.00.pth")
+    return out
+
+
+# ---------------------------------------------------------------- workers (one subprocess each)
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
+
+
+def peak_rss_gib() -> float:
+    """VmHWM: this process's peak resident set (anonymous + file-backed pages it mapped).
+    (ru_maxrss would do, but Linux carries it over from the parent across fork + exec.)"""
+    return _status_kib("VmHWM") / 2**20
+
+
+def prompt_tokens(vocab_size: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return np.r_[1, rng.integers(3, vocab_size, n - 1)][None]                # (1, n)
+
+
+def worker_llama_np(a) -> dict:
+    import llama_np
+
+    t0 = time.perf_counter()
+    model = llama_np.load(a.model, fp32=a.fp32)
+    load_s = time.perf_counter() - t0
+    prompt = prompt_tokens(model.config.vocab_size, a.prompt_len)
+    n_ctx = a.prompt_len + a.new_tokens
+    model.forward(prompt[:, :1], 0, model.new_cache(1, n_ctx))                 # first logits
+    first_s = time.perf_counter() - t0
+    prefill_s = []
+    for _ in range(a.repeats):
+        cache = model.new_cache(1, n_ctx)
+        t0 = time.perf_counter()
+        logits = model.forward(prompt, 0, cache)[0, -1]                          # (V,)
+        prefill_s.append(time.perf_counter() - t0)
+    tokens = []
+    t0 = time.perf_counter()
+    for pos in range(a.prompt_len, a.prompt_len + a.new_tokens):
+        token = int(np.argmax(logits))
+        tokens.append(token)
+        logits = model.forward(np.array([[token]]), pos, cache)[0, -1]          # (V,)
+    decode_s = time.perf_counter() - t0
+    fp32 = any(w.dtype == np.float32 and w.ndim == 2 for w in model.weights.values())
+    return {"load_s": load_s, "first_logits_s": first_s, "prefill_tok_s": a.prompt_len / min(prefill_s),
+            "decode_tok_s": a.new_tokens / decode_s, "peak_rss_gib": peak_rss_gib(),
+            "weights": "fp32 copies" if fp32 else "fp16 fused", "tokens": tokens[:8]}
+
+
+def hf_model(model_dir: str, dtype):
+    """transformers' LlamaForCausalLM holding the converted model's weights (float16 -> dtype)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from llama_np.weights import read_model_dir
+
+    args, w, _ = read_model_dir(model_dir)
+    config = LlamaConfig(vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.hidden_dim,
+                         num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+                         num_key_value_heads=args.n_kv_heads, rms_norm_eps=args.norm_eps,
+                         rope_theta=args.rope_theta, max_position_embeddings=args.max_seq_len,
+                         tie_word_embeddings=False, attn_implementation="sdpa")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(dtype).eval()
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)
+
+    def t(name, heads=None):
+        x = np.asarray(w[name])
+        if heads:   # Meta's interleaved rotary rows -> HF's half-split rows
+            rows, cols = x.shape
+            x = x.reshape(heads, rows // heads // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+        return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+
+    sd = {"model.embed_tokens.weight": t("tok_embeddings.weight"), "model.norm.weight": t("norm.weight"),
+          "lm_head.weight": t("output.weight")}
+    for i in range(args.n_layers):
+        m, p = f"model.layers.{i}.", f"layers.{i}."
+        sd[m + "self_attn.q_proj.weight"] = t(p + "attention.wq.weight", args.n_heads)
+        sd[m + "self_attn.k_proj.weight"] = t(p + "attention.wk.weight", args.n_kv_heads)
+        sd[m + "self_attn.v_proj.weight"] = t(p + "attention.wv.weight")
+        sd[m + "self_attn.o_proj.weight"] = t(p + "attention.wo.weight")
+        sd[m + "mlp.gate_proj.weight"] = t(p + "feed_forward.w1.weight")
+        sd[m + "mlp.down_proj.weight"] = t(p + "feed_forward.w2.weight")
+        sd[m + "mlp.up_proj.weight"] = t(p + "feed_forward.w3.weight")
+        sd[m + "input_layernorm.weight"] = t(p + "attention_norm.weight")
+        sd[m + "post_attention_layernorm.weight"] = t(p + "ffn_norm.weight")
+        model.load_state_dict({k: v for k, v in sd.items() if k.startswith(m)}, strict=False, assign=True)
+        sd = {k: v for k, v in sd.items() if not k.startswith(m)}
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    assert not unexpected, unexpected
+    return model, args
+
+
+def worker_torch(a) -> dict:
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
+    t0 = time.perf_counter()
+    model, args = hf_model(a.model, dtype)
+    prompt = torch.from_numpy(prompt_tokens(args.vocab_size, a.prompt_len))
+    with torch.no_grad():
+        model(prompt[:, :1])
+        first_s = time.perf_counter() - t0
+        prefill_s = []
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            model(prompt, use_cache=True)
+            prefill_s.append(time.perf_counter() - t0)
+
+    class Clock(LogitsProcessor):   # called once per generated token, right after its forward
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    clock = Clock()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=a.new_tokens + 1,
+                             do_sample=False, logits_processor=LogitsProcessorList([clock]))
+    decode_s = clock.times[-1] - clock.times[0]            # new_tokens forwards through the cache
+    return {"load_s": None, "first_logits_s": first_s, "prefill_tok_s": a.prompt_len / min(prefill_s),
+            "decode_tok_s": (len(clock.times) - 1) / decode_s, "peak_rss_gib": peak_rss_gib(),
+            "tokens": out[0, a.prompt_len:a.prompt_len + 8].tolist()}
+
+
+def worker_convert(a) -> dict:
+    """Time a conversion; peak RSS, and the peak of its anonymous part (sampled every 50 ms): the
+    memory-mapped source pages count in RSS but are the kernel's page cache, dropped at will."""
+    import threading
+
+    from llama_np.checkpoints.convert import convert
+
+    peak_anon, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak_anon[0] = max(peak_anon[0], _status_kib("RssAnon"))
+
+    threading.Thread(target=sample, daemon=True).start()
+    t0 = time.perf_counter()
+    convert(a.model, a.out, progress=False)
+    seconds = time.perf_counter() - t0
+    done.set()
+    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_anon_gib": peak_anon[0] / 2**20}
+
+
+WORKERS = {"llama_np": worker_llama_np, "torch": worker_torch, "convert": worker_convert}
+
+
+def run_worker(kind: str, *args) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", kind, *map(str, args)]
+    print("  $ " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        print(p.stderr[-3000:], file=sys.stderr)
+        return None
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    print("    " + json.dumps(result), file=sys.stderr, flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- the parent
+def blas_kernel() -> str:
+    """The OpenBLAS core NumPy's BLAS chose (it follows OPENBLAS_CORETYPE when that is set)."""
+    try:
+        path = next(l.split()[-1] for l in open("/proc/self/maps") if "openblas" in l.lower() and ".so" in l)
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
+            if hasattr(lib, name):
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_char_p
+                return f"OpenBLAS {fn().decode()}"
+    except (StopIteration, OSError):
+        pass
+    return "unknown BLAS"
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of a 512 MB float32 matrix-vector product (it reads each matrix byte once)."""
+    w = np.random.default_rng(0).standard_normal((32768, 4096), dtype=np.float32)   # 512 MiB
+    x = np.ones(4096, np.float32)
+    best = min(_timed(lambda: w @ x) for _ in range(7))
+    return w.nbytes / best
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def decode_bytes(shape: str, fp32: bool) -> int:
+    """Weight bytes one decoded token reads: every matrix but the embedding table (one row)."""
+    from llama_np.weights import expected_shapes
+
+    n = sum(int(np.prod(s)) for name, s in expected_shapes(model_args(shape)).items()
+            if name != "tok_embeddings.weight")
+    return n * (4 if fp32 else 2)
+
+
+def fmt(x, spec=".1f", none="—"):
+    return none if x is None else format(x, spec)
+
+
+def table(rows: list[dict], meta: dict) -> str:
+    head = ("| shape | side | weights | prefill tok/s (128) | decode tok/s (128) | decode vs torch fp32 "
+            "| prefill vs torch fp32 | load → first logits s | peak RSS GiB | floor tok/s | decode ÷ floor time |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['side']} | {r.get('weights', '')} | {fmt(r.get('prefill_tok_s'))} "
+                     f"| {fmt(r.get('decode_tok_s'), '.2f')} | {fmt(r.get('decode_ratio'), '.2f', '')}"
+                     f"{'×' if r.get('decode_ratio') else ''} | {fmt(r.get('prefill_ratio'), '.2f', '')}"
+                     f"{'×' if r.get('prefill_ratio') else ''} | {fmt(r.get('first_logits_s'), '.2f')} "
+                     f"| {fmt(r.get('peak_rss_gib'), '.2f')} | {fmt(r.get('floor_tok_s'), '.1f', '')} "
+                     f"| {fmt(r.get('floor_multiple'), '.2f', '')}{'×' if r.get('floor_multiple') else ''} |")
+    notes = [f"Machine: {meta['machine']}; {meta['cores']} cores; NumPy {meta['numpy']} ({meta['blas']}); "
+             f"torch {meta['torch']}, transformers {meta['transformers']}. Date: {meta['date']}.",
+             f"Command: `{meta['command']}`",
+             f"Memory bandwidth measured in the same run (512 MB float32 GEMV): {meta['bandwidth'] / 1e9:.1f} GB/s. "
+             "Floor = weight bytes one decoded token reads (all matrices but the embedding table, "
+             "float32 for fp32 copies, float16 for the fused path) ÷ that bandwidth.",
+             "Random weights, same prompt (128 random ids) on both sides; greedy; each side in its own "
+             "subprocess. torch = transformers LlamaForCausalLM (sdpa attention), KV-cached `generate`; "
+             "its load column is model construction + first forward from the same converted weights."]
+    if meta.get("convert"):
+        c = meta["convert"]
+        notes.append(f"7B-shaped conversion (Meta consolidated.00.pth, random bf16, 13.5 GB → float16 "
+                     f"safetensors): {c['seconds']:.0f} s, peak RSS {c['peak_rss_gib']:.2f} GiB, of which "
+                     f"anonymous memory at most {c['peak_anon_gib']:.2f} GiB (the rest is the memory-mapped "
+                     f"source's page cache, which the kernel can drop at any time).")
+    if meta.get("note"):
+        notes.append(meta["note"])
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def update_readme(text: str) -> None:
+    readme = REPO / "README.md"
+    content = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in content:
+        content = content.rstrip("\n") + f"\n\n## Speed\n\n{start}\n{end}\n"
+    before, rest = content.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(f"{before}{start}\n{text}{end}{after}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="stories15M,stories110M,TinyLlama-1.1B")
+    p.add_argument("--with-7b", action="store_true", help="also the LLaMA-2-7B shape (27 GB of disk, once)")
+    p.add_argument("--cache-dir", default="/work/bench-cache", type=Path)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens-7b", type=int, default=16, help="decode tokens for the 7B shape (default 16)")
+    p.add_argument("--no-torch-7b", action="store_true", help="skip transformers bf16 on the 7B shape")
+    p.add_argument("--fp32", default="auto", choices=["auto", "on", "off"], help="llama_np weight policy")
+    p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
+    # worker mode
+    p.add_argument("--worker", choices=sorted(WORKERS))
+    p.add_argument("--model")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--repeats", type=int, default=2)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.out = a.out if a.worker == "convert" else None
+        print(json.dumps(WORKERS[a.worker](a)))
+        return 0
+
+    import torch
+    import transformers
+
+    a.cache_dir.mkdir(parents=True, exist_ok=True)
+    shapes = [s for s in a.shapes.split(",") if s] + ([BIG] if a.with_7b else [])
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s; BLAS {blas_kernel()}", file=sys.stderr)
+    meta = {"machine": f"{platform.processor() or platform.machine()} {_cpu_name()}, "
+                       f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+            "cores": len(os.sched_getaffinity(0)), "numpy": np.__version__, "blas": blas_kernel(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.date.today().isoformat(), "bandwidth": bandwidth,
+            "command": _command_line()}
+    rows = []
+    for shape in shapes:
+        big = shape == BIG
+        if big:
+            src = write_meta(a.cache_dir / "llama-2-7b-meta")
+            model_dir = a.cache_dir / f"{BIG}-np"
+            record = a.cache_dir / "convert-7b.json"
+            if not (model_dir / "config.json").exists():
+                record.write_text(json.dumps(run_worker("convert", "--model", src, "--out", model_dir)))
+            meta["convert"] = json.loads(record.read_text()) if record.exists() else None
+        else:
+            model_dir = make_converted(shape, a.cache_dir)
+        n_new = a.new_tokens_7b if big else a.new_tokens
+        common = ["--model", model_dir, "--prompt-len", a.prompt_len, "--new-tokens", n_new,
+                  "--repeats", 1 if big else 2]
+        print(f"{shape}:", file=sys.stderr)
+        ours = run_worker("llama_np", *common, "--fp32", a.fp32)
+        sides = [] if big else [("torch fp32", "float32")]
+        if not (big and a.no_torch_7b):
+            sides.append(("torch bf16", "bfloat16"))
+        theirs = {name: run_worker("torch", *common, "--dtype", dtype) for name, dtype in sides}
+        ref = theirs.get("torch fp32")
+        if ours:
+            fp32 = ours["weights"] == "fp32 copies"
+            floor = bandwidth / decode_bytes(shape, fp32)
+            ours.update(floor_tok_s=floor, floor_multiple=floor / ours["decode_tok_s"])
+            if ref:
+                ours.update(decode_ratio=ours["decode_tok_s"] / ref["decode_tok_s"],
+                            prefill_ratio=ours["prefill_tok_s"] / ref["prefill_tok_s"])
+        suffix = f" ({n_new} new)" if n_new != a.new_tokens else ""
+        rows.append({"shape": shape + suffix, "side": "llama_np", **(ours or {})})
+        for name, r in theirs.items():
+            rows.append({"shape": shape + suffix, "side": name, "weights": name.split()[1], **(r or {})})
+    text = table(rows, meta)
+    print(text)
+    a.out.write_text(text)
+    if a.update_readme:
+        update_readme(text)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return ""
+
+
+def _command_line() -> str:
+    unset = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v not in os.environ]
+    prefix = f"env -u {' -u '.join(unset)} " if unset else ""
+    return prefix + "python benchmarks/bench.py " + " ".join(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
