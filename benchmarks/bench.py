@@ -166,16 +166,37 @@ def prompt_tokens(vocab_size: int, n: int) -> np.ndarray:
     return np.r_[1, rng.integers(3, vocab_size, n - 1)][None]                # (1, n)
 
 
+def touch_pages(weights: dict) -> None:
+    """Read one value per 4 KiB page of every weight array (the kernel maps the file in)."""
+    for w in weights.values():
+        flat = w.reshape(-1)
+        float(flat[:: max(1, 4096 // flat.itemsize)].sum())
+
+
+def unused_hook_cost(n_layers: int) -> float:
+    """Seconds per forward that the unused inspection hook costs: its `trace is not None` tests
+    (7 per layer + 2, in model.py, layers.attention and layers.feed_forward)."""
+    import timeit
+
+    trace, checks = None, 7 * n_layers + 2
+    per_check = min(timeit.repeat("trace is not None", globals={"trace": trace}, number=100_000, repeat=5)) / 100_000
+    return checks * per_check
+
+
 def worker_llama_np(a) -> dict:
     import llama_np
 
     t0 = time.perf_counter()
     model = llama_np.load(a.model, fp32=a.fp32)
     load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    touch_pages(model.weights)               # first-touch page-in of the memory map, timed apart
+    page_in_s = time.perf_counter() - t0
     prompt = prompt_tokens(model.config.vocab_size, a.prompt_len)
     n_ctx = a.prompt_len + a.new_tokens
+    t0 = time.perf_counter()
     model.forward(prompt[:, :1], 0, model.new_cache(1, n_ctx))                 # first logits
-    first_s = time.perf_counter() - t0
+    first_s = load_s + time.perf_counter() - t0
     prefill_s = []
     for _ in range(a.repeats):
         cache = model.new_cache(1, n_ctx)
@@ -189,9 +210,14 @@ def worker_llama_np(a) -> dict:
         tokens.append(token)
         logits = model.forward(np.array([[token]]), pos, cache)[0, -1]          # (V,)
     decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for pos in range(a.prompt_len, a.prompt_len + 4):          # the inspection hook, in use
+        model.forward(np.array([[tokens[0]]]), pos, cache, trace={})
+    traced_step_s = (time.perf_counter() - t0) / 4
     fp32 = any(w.dtype == np.float32 and w.ndim == 2 for w in model.weights.values())
-    return {"load_s": load_s, "first_logits_s": first_s, "prefill_tok_s": a.prompt_len / min(prefill_s),
-            "decode_tok_s": a.new_tokens / decode_s, "peak_rss_gib": peak_rss_gib(),
+    return {"load_s": load_s, "page_in_s": page_in_s, "first_logits_s": first_s,
+            "prefill_tok_s": a.prompt_len / min(prefill_s), "decode_tok_s": a.new_tokens / decode_s,
+            "traced_step_ms": 1e3 * traced_step_s, "hook_checks_us": 1e6 * unused_hook_cost(model.config.n_layers), "peak_rss_gib": peak_rss_gib(),
             "weights": "fp32 copies" if fp32 else "fp16 fused", "tokens": tokens[:8]}
 
 

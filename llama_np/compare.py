@@ -19,7 +19,7 @@ import numpy as np
 from .errors import LlamaNpError
 
 TOL = 1e-4
-LAYER_COMPONENTS = ("attention_norm", "q", "k", "v", "q_rot", "k_rot", "scores", "probs", "h",
+LAYER_COMPONENTS = ("attention_norm", "q", "k", "v", "q_rot", "k_rot", "scores", "probs", "attention_out", "h",
                     "ffn_norm", "ffn_gate", "ffn_up", "ffn_out", "out")
 
 
@@ -82,7 +82,8 @@ def torch_layer(h, w, i: int, args, freqs_cis, mask) -> tuple:
     torch = require_torch()
     p, rec = f"layers.{i}.", {}
     rec["attention_norm"] = x = torch_rms_norm(h, w(p + "attention_norm.weight"), args.norm_eps)
-    rec["h"] = h = h + torch_attention(x, w, p, args, freqs_cis, mask, rec)
+    rec["attention_out"] = torch_attention(x, w, p, args, freqs_cis, mask, rec)
+    rec["h"] = h = h + rec["attention_out"]
     rec["ffn_norm"] = x = torch_rms_norm(h, w(p + "ffn_norm.weight"), args.norm_eps)
     rec["ffn_gate"] = torch.nn.functional.silu(x @ w(p + "feed_forward.w1.weight").T)
     rec["ffn_up"] = x @ w(p + "feed_forward.w3.weight").T

@@ -102,11 +102,12 @@ class Llama:
             p = f"layers.{i}."
             lt = {} if trace is not None else None
             x = rms_norm(h, w[p + "attention_norm.weight"], args.norm_eps)           # (B, T, D)
-            h = h + attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
-                                    w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
-                                    cache.k[i], cache.v[i], start_pos, cos, sin, mask, args, lt)
+            attn = attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
+                                   w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
+                                   cache.k[i], cache.v[i], start_pos, cos, sin, mask, args, lt)  # (B, T, D)
+            h = h + attn
             if lt is not None:
-                lt["attention_norm"], lt["h"] = x.copy(), h.copy()
+                lt["attention_norm"], lt["attention_out"], lt["h"] = x.copy(), attn.copy(), h.copy()
             x = rms_norm(h, w[p + "ffn_norm.weight"], args.norm_eps)                 # (B, T, D)
             h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
                                  w[p + "feed_forward.w3.weight"], lt)

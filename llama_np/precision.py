@@ -27,11 +27,12 @@ included, which land on float32 subnormals and are normalised by the product.
 """
 from __future__ import annotations
 
-import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .weights import drop_pages
 
 FP32_CHOICES = ("auto", "on", "off")
 BLOCK_ELEMENTS = 1 << 18           # 256K weights per block: 512 KB float16 + 1 MB float32, cache-sized
@@ -154,25 +155,6 @@ def want_fp32(weights: dict[str, np.ndarray], fp32: str) -> bool:
     return fp32 == "on"
 
 
-def _drop_pages(view: np.ndarray) -> None:
-    """Unmap the resident pages of a read-only memory-mapped array from this process.
-
-    The file's pages stay in the kernel's page cache (a later touch maps them again, reading the
-    same bytes); they just stop counting in our RSS once their float32 copy has been made.
-    """
-    base = view
-    while base is not None and not isinstance(base, mmap.mmap) and not hasattr(base, "_mmap"):
-        base = getattr(base, "base", None)
-    mm = getattr(base, "_mmap", base)
-    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
-        return
-    start = view.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).__array_interface__["data"][0]
-    begin = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE                      # whole pages inside the view
-    end = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if end > begin:
-        mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
-
 def working_weights(weights: dict[str, np.ndarray], fp32: str = "auto") -> dict[str, np.ndarray]:
     """The arrays the forward pass computes with: float32 copies of the matrices if the policy
     says so (the float16 map's pages are dropped as each is copied), else the float16 maps.
@@ -185,5 +167,5 @@ def working_weights(weights: dict[str, np.ndarray], fp32: str = "auto") -> dict[
             out[name] = w
             continue
         out[name] = to_float32(w)
-        _drop_pages(w)
+        drop_pages(w)
     return out

@@ -20,7 +20,7 @@ TOL = 1e-4
 DIM, N_LAYERS, N_HEADS, N_KV_HEADS, VOCAB, HIDDEN = 64, 3, 8, 2, 97, 176
 HD = DIM // N_HEADS
 HALF_SPLIT = np.r_[np.arange(0, HD, 2), np.arange(1, HD, 2)]   # Meta pair i (2i, 2i+1) -> HF (i, i + HD/2)
-PER_LAYER = ["attention_norm", "q", "k", "v", "q_rot", "k_rot", "scores", "probs", "h",
+PER_LAYER = ["attention_norm", "q", "k", "v", "q_rot", "k_rot", "scores", "probs", "attention_out", "h",
              "ffn_norm", "ffn_gate", "ffn_up", "ffn_out", "out"]
 
 
@@ -58,6 +58,7 @@ def hf_intermediates(ref, tokens: np.ndarray, monkeypatch) -> dict:
                   att.q_proj.register_forward_hook(keep(p + "q")),
                   att.k_proj.register_forward_hook(keep(p + "k")),
                   att.v_proj.register_forward_hook(keep(p + "v")),
+                  att.o_proj.register_forward_hook(keep(p + "attention_out")),
                   # the residual stream after attention is what the FFN norm receives
                   layer.post_attention_layernorm.register_forward_hook(keep(p + "h", lambda mod, a, o: a[0])),
                   layer.post_attention_layernorm.register_forward_hook(keep(p + "ffn_norm")),

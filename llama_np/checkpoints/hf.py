@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import DEFAULT_MAX_SEQ_LEN, ModelArgs, read_json
 from ..errors import LlamaNpError
-from ..weights import expected_shapes, read_safetensors
+from ..weights import drop_pages, expected_shapes, read_safetensors
 from .pth import LazyTensor, bf16_to_float32, load_pth_state_dict
 
 # HF name -> Meta name; "{i}" is the layer index.
@@ -153,7 +153,11 @@ def _as_float(x) -> np.ndarray:
         return x.numpy()
     if not isinstance(x, np.ndarray):
         raise LlamaNpError(f"expected a tensor, got {type(x).__name__}")
-    return bf16_to_float32(x) if x.dtype == np.uint16 else x
+    if x.dtype != np.uint16:
+        return x
+    values = bf16_to_float32(x)
+    drop_pages(x)                                   # the widened copy is all we need now
+    return values
 
 
 def hf_tensors(src: Path) -> dict:
@@ -208,4 +212,9 @@ def _loader(meta: str, tensor, args: ModelArgs):
         re.sub(r"^layers\.\d+\.", "", meta))
     if heads is None:
         return lambda: _as_float(tensor)
-    return lambda: hf_to_meta_rows(_as_float(tensor), heads)
+    def load():
+        stored = _as_float(tensor)
+        rows = hf_to_meta_rows(stored, heads)       # a copy: the stored pages are done with
+        drop_pages(stored)
+        return rows
+    return load

@@ -88,4 +88,9 @@ def _merger(name, parts):
     axis = SHARD_AXIS[_base_name(name)]
     if axis is None:
         return parts[0].numpy
-    return lambda: np.concatenate([p.numpy() for p in parts], axis=axis)
+    def load():
+        merged = np.concatenate([p.numpy() for p in parts], axis=axis)
+        for p in parts:
+            p.release()
+        return merged
+    return load

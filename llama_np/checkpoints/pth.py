@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamaNpError
+from ..weights import drop_pages
 
 # torch storage type name -> (numpy dtype of the raw elements, the dtype name we report)
 # bfloat16 has no numpy dtype: its raw elements are read as uint16 and widened to float32.
@@ -90,9 +91,18 @@ class LazyTensor:
             writeable=False)
 
     def numpy(self) -> np.ndarray:
-        """The tensor's values: bfloat16 widened to float32 (exactly), other dtypes as stored."""
+        """The tensor's values: bfloat16 widened to float32 (exactly), other dtypes as stored
+        (a zero-copy view of the file)."""
         raw = self.raw()
-        return bf16_to_float32(raw) if self.dtype == "bfloat16" else raw
+        if self.dtype != "bfloat16":
+            return raw
+        values = bf16_to_float32(raw)
+        drop_pages(raw)                                   # the widened copy is all we need now
+        return values
+
+    def release(self) -> None:
+        """Done with this tensor: its pages of the file stop counting in our memory."""
+        drop_pages(self.raw())
 
 
 def _span(shape, stride) -> int:
