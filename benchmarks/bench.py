@@ -385,16 +385,22 @@ def fmt(x, spec=".1f", none="—"):
 
 
 def table(rows: list[dict], meta: dict) -> str:
-    head = ("| shape | side | weights | prefill tok/s (128) | decode tok/s (128) | decode vs torch fp32 "
-            "| prefill vs torch fp32 | load → first logits s | peak RSS GiB | floor tok/s | decode ÷ floor time |")
+    head = ("| shape | side | weights | prefill tok/s (128) | decode tok/s | decode vs torch fp32 "
+            "| prefill vs torch fp32 | load s | page-in s | load → first logits s | peak RSS GiB | floor tok/s "
+            "| decode ÷ floor time |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['side']} | {r.get('weights', '')} | {fmt(r.get('prefill_tok_s'))} "
                      f"| {fmt(r.get('decode_tok_s'), '.2f')} | {fmt(r.get('decode_ratio'), '.2f', '')}"
                      f"{'×' if r.get('decode_ratio') else ''} | {fmt(r.get('prefill_ratio'), '.2f', '')}"
-                     f"{'×' if r.get('prefill_ratio') else ''} | {fmt(r.get('first_logits_s'), '.2f')} "
+                     f"{'×' if r.get('prefill_ratio') else ''} | {fmt(r.get('load_s'), '.2f', '')} "
+                     f"| {fmt(r.get('page_in_s'), '.2f', '')} | {fmt(r.get('first_logits_s'), '.2f')} "
                      f"| {fmt(r.get('peak_rss_gib'), '.2f')} | {fmt(r.get('floor_tok_s'), '.1f', '')} "
                      f"| {fmt(r.get('floor_multiple'), '.2f', '')}{'×' if r.get('floor_multiple') else ''} |")
+    hook = [f"{r['shape']}: {r['hook_checks_us']:.2f} µs per forward unused "
+            f"({r['hook_checks_us'] * r['decode_tok_s'] / 1e4:.3f}% of a decode step), "
+            f"{r['traced_step_ms']:.1f} ms per decode step in use vs {1e3 / r['decode_tok_s']:.1f} ms plain"
+            for r in rows if r.get("hook_checks_us") is not None and r.get("decode_tok_s")]
     notes = [f"Machine: {meta['machine']}; {meta['cores']} cores; NumPy {meta['numpy']} ({meta['blas']}); "
              f"torch {meta['torch']}, transformers {meta['transformers']}. Date: {meta['date']}.",
              f"Command: `{meta['command']}`",
@@ -403,7 +409,12 @@ def table(rows: list[dict], meta: dict) -> str:
              "float32 for fp32 copies, float16 for the fused path) ÷ that bandwidth.",
              "Random weights, same prompt (128 random ids) on both sides; greedy; each side in its own "
              "subprocess. torch = transformers LlamaForCausalLM (sdpa attention), KV-cached `generate`; "
-             "its load column is model construction + first forward from the same converted weights."]
+             "its load → first logits is model construction + first forward from the same converted weights.",
+             "llama_np: load s = `llama_np.load` (memory-maps; with fp32 copies it also widens every matrix); "
+             "page-in s = first touch of every page of the weights, timed apart; load → first logits = load + "
+             "a one-token forward, page-in excluded.",
+             "Inspection hook (`forward(..., trace={})`): its cost when unused is the `trace is not None` "
+             "tests in the forward pass, timed: " + "; ".join(hook) + "."]
     if meta.get("convert"):
         c = meta["convert"]
         notes.append(f"7B-shaped conversion (Meta consolidated.00.pth, random bf16, 13.5 GB → float16 "
@@ -498,6 +509,7 @@ def main(argv=None) -> int:
     text = table(rows, meta)
     print(text)
     a.out.write_text(text)
+    a.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     if a.update_readme:
         update_readme(text)
     return 0
