@@ -81,22 +81,15 @@ def chat_completion(model, dialogs: list[list[dict]], max_new_tokens: int | None
                     stop: list[str] | None = None) -> list[dict]:
     """Meta's chat_completion: [{"generation": {"role": "assistant", "content": ...}, ...}] per dialog,
     all dialogs generated as one batch."""
-    from .generation import cut_at_stop, generate_batch, stop_checker
+    from .generation import completion_result, cut_at_stop, generate_batch, stop_checker
 
     tok = need_tokenizer(model)
     prompt_tokens = [encode_dialog(tok, d) for d in dialogs]
     max_new_tokens = model.config.max_seq_len - 1 if max_new_tokens is None else max_new_tokens
     out_tokens, out_logprobs = generate_batch(model, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
                                               seed, logprobs, False, stop_checker(tok, stop))
-    results = []
-    for b, ids in enumerate(out_tokens):
-        result = {"generation": {"role": "assistant", "content": cut_at_stop(tok.decode(ids), stop)}}
-        if logprobs:
-            result["tokens"] = [tok.decode([t]) for t in ids]
-            result["token_ids"] = ids
-            result["logprobs"] = out_logprobs[b]
-        results.append(result)
-    return results
+    return [completion_result(tok, {"role": "assistant", "content": cut_at_stop(tok.decode(ids), stop)}, ids,
+                              out_logprobs[b] if logprobs else None) for b, ids in enumerate(out_tokens)]
 
 
 def chat(model, dialog: list[dict], max_new_tokens: int | None = None, temperature: float = 0.6, top_p: float = 0.9,

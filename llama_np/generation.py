@@ -205,13 +205,18 @@ def text_completion(model, prompts: list[str], max_new_tokens: int | None = None
     results = []
     for b, ids in enumerate(out_tokens):
         prompt_text_len = len(tok.decode(prompt_tokens[b])) if echo else 0
-        result = {"generation": cut_at_stop(tok.decode(ids), stop, prompt_text_len)}
-        if logprobs:
-            result["tokens"] = [tok.decode([t]) for t in ids]
-            result["token_ids"] = ids
-            result["logprobs"] = out_logprobs[b]
-        results.append(result)
+        results.append(completion_result(tok, cut_at_stop(tok.decode(ids), stop, prompt_text_len), ids,
+                                         out_logprobs[b] if logprobs else None))
     return results
+
+
+def completion_result(tok, generation, ids: list[int], logprobs: list[float] | None) -> dict:
+    """One result of Meta's text_completion / chat_completion: {"generation": ...}, and with
+    logprobs also each token's text ("tokens"), its id ("token_ids") and its "logprobs"."""
+    result = {"generation": generation}
+    if logprobs is not None:
+        result.update(tokens=[tok.decode([t]) for t in ids], token_ids=ids, logprobs=logprobs)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,3 +39,19 @@ def run_cli(*args, input=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "llama_np", *map(str, args)], capture_output=True, text=True,
                           input=input, timeout=timeout, env=env, cwd=REPO)
+
+
+def rendered_lines(stderr: str) -> list[str]:
+    """The lines as a terminal shows them: a progress bar that was cleared with \\r leaves nothing."""
+    lines = (line.rsplit("\r", 1)[-1].strip() for line in stderr.split("\n"))
+    return [line for line in lines if line]
+
+
+def assert_one_line_error(result, *fragments):
+    """Bad input: exit status 2, one line `error: ...` on stderr holding each fragment, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = rendered_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])

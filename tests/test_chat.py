@@ -3,7 +3,7 @@ import pytest
 import sentencepiece as spm
 
 import llama_np
-from conftest import run_cli, shared_model
+from conftest import assert_one_line_error, run_cli, shared_model
 from llama_np import LlamaNpError, Tokenizer, encode_dialog
 from llama_np.chat import fit_dialog
 
@@ -157,6 +157,4 @@ def test_cli_chat_drops_oldest_turns_when_the_context_overflows(demo_model_dir):
 
 @pytest.mark.parametrize("message", ["[INST] hi", "a <</SYS>> b"])
 def test_cli_chat_refuses_special_tags_with_one_line_error(demo_model_dir, message):
-    r = run_cli("chat", demo_model_dir, input=message + "\n")
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "special tag" in r.stderr
+    assert_one_line_error(run_cli("chat", demo_model_dir, input=message + "\n"), "special tag")

@@ -6,28 +6,13 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from reference import random_meta_weights, write_meta_checkpoint
 from test_meta_vs_pytorch import train_tokenizer
 
 PARAMS = {"dim": 32, "multiple_of": 32, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "norm_eps": 1e-5,
           "vocab_size": -1}
 HIDDEN = 96  # int(2*4*32/3) = 85, rounded up to 32
-
-
-def rendered_lines(stderr: str) -> list[str]:
-    """The lines as a terminal shows them: a progress bar that was cleared with \\r leaves nothing."""
-    lines = (line.rsplit("\r", 1)[-1].strip() for line in stderr.split("\n"))
-    return [line for line in lines if line]
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = rendered_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import llama_np
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from llama_np import compare
 from llama_np.config import ModelArgs
 from llama_np.weights import write_model_dir
@@ -94,9 +94,8 @@ def torch_hidden(tmp_path, monkeypatch):
 
 def test_compare_without_torch_exits_2_with_one_line_saying_to_install_it(torch_hidden, model_dir):
     r = run_cli("compare", model_dir)
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "pip install torch" in r.stderr
-    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert_one_line_error(r, "pip install torch")
+    assert r.stdout == ""
 
 
 def test_the_rest_of_the_cli_still_runs_without_torch(torch_hidden):
@@ -106,9 +105,7 @@ def test_the_rest_of_the_cli_still_runs_without_torch(torch_hidden):
 
 
 def test_compare_on_a_missing_model_dir_is_a_one_line_error_exit_2():
-    r = run_cli("compare", "/nonexistent/model")
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "not a directory" in r.stderr, r.stderr
+    assert_one_line_error(run_cli("compare", "/nonexistent/model"), "not a directory")
 
 
 @pytest.mark.parametrize("kwargs, message", [({"n_tokens": 0}, "--tokens must be >= 1"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import llama_np
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from llama_np.checkpoints.convert import convert
 from llama_np.weights import read_safetensors
 from reference import hf_from_pretrained_fp16_rounded, hf_logits, hf_state_to_meta, random_hf_llama, rel_err, \
@@ -121,13 +121,6 @@ def edited_copy(src, dst, **config_changes):
     return dst
 
 
-def assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("changes, words", [

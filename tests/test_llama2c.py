@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import llama_np
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from llama_np.checkpoints.convert import convert
 from reference import hf_llama, hf_logits, rel_err
 
@@ -163,12 +163,6 @@ def test_tokenizer_flag_supplies_the_llama2_tokenizer(tmp_path, llama2_tokenizer
 
 # ---- bad input: one line `error: ...`, exit 2, nothing written --------------------------------
 
-def assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("version", ["legacy", "v1"])

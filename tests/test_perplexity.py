@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import llama_np
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from llama_np import LlamaNpError
 from llama_np.perplexity import perplexity_result, windows
 from reference import hf_llama
@@ -101,5 +101,4 @@ def test_cli_perplexity_bad_input_gives_one_line_error(model_dir, tmp_path, case
     f.write_bytes(b"caf\xe9 latin-1" if case == "not_utf8" else TEXT.encode())
     args = {"missing": [tmp_path / "nope.txt"], "not_utf8": [f], "stride_too_big": [f, "--context", "8", "--stride", "8"],
             "context_too_big": [f, "--context", "100000"]}[case]
-    r = run_cli("perplexity", model_dir, *args)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert_one_line_error(run_cli("perplexity", model_dir, *args))
