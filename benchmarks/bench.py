@@ -326,7 +326,12 @@ def worker_convert(a) -> dict:
     return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_anon_gib": peak_anon[0] / 2**20}
 
 
-WORKERS = {"llama_np": worker_llama_np, "torch": worker_torch, "convert": worker_convert}
+def worker_bandwidth(a) -> dict:
+    return {"bandwidth": memory_bandwidth()}
+
+
+WORKERS = {"llama_np": worker_llama_np, "torch": worker_torch, "convert": worker_convert,
+           "bandwidth": worker_bandwidth}
 
 
 def run_worker(kind: str, *args) -> dict | None:
@@ -404,9 +409,11 @@ def table(rows: list[dict], meta: dict) -> str:
     notes = [f"Machine: {meta['machine']}; {meta['cores']} cores; NumPy {meta['numpy']} ({meta['blas']}); "
              f"torch {meta['torch']}, transformers {meta['transformers']}. Date: {meta['date']}.",
              f"Command: `{meta['command']}`",
-             f"Memory bandwidth measured in the same run (median of 11 512 MB float32 GEMVs): {meta['bandwidth'] / 1e9:.1f} GB/s. "
              "Floor = weight bytes one decoded token reads (all matrices but the embedding table, "
-             "float32 for fp32 copies, float16 for the fused path) ÷ that bandwidth.",
+             "float32 for fp32 copies, float16 for the fused path) ÷ memory bandwidth, measured (median of "
+             "11 512 MB float32 GEMVs) in a subprocess right before each llama_np row, because this shared "
+             "machine's bandwidth drifts during a run: " + ", ".join(
+                 f"{r['shape']} {r['bandwidth_gb_s']:.1f} GB/s" for r in rows if r.get("bandwidth_gb_s")) + ".",
              "Random weights, same prompt (128 random ids) on both sides; greedy; each side in its own "
              "subprocess. torch = transformers LlamaForCausalLM (sdpa attention), KV-cached `generate`; "
              "its load → first logits is model construction + first forward from the same converted weights.",
@@ -489,6 +496,7 @@ def main(argv=None) -> int:
         common = ["--model", model_dir, "--prompt-len", a.prompt_len, "--new-tokens", n_new,
                   "--repeats", 1 if big else 2]
         print(f"{shape}:", file=sys.stderr)
+        bandwidth_now = (run_worker("bandwidth") or {}).get("bandwidth", bandwidth)   # this row's floor
         ours = run_worker("llama_np", *common, "--fp32", a.fp32)
         sides = [] if big else [("torch fp32", "float32")]
         if not (big and a.no_torch_7b):
@@ -497,8 +505,8 @@ def main(argv=None) -> int:
         ref = theirs.get("torch fp32")
         if ours:
             fp32 = ours["weights"] == "fp32 copies"
-            floor = bandwidth / decode_bytes(shape, fp32)
-            ours.update(floor_tok_s=floor, floor_multiple=floor / ours["decode_tok_s"])
+            floor = bandwidth_now / decode_bytes(shape, fp32)
+            ours.update(bandwidth_gb_s=bandwidth_now / 1e9, floor_tok_s=floor, floor_multiple=floor / ours["decode_tok_s"])
             if ref:
                 ours.update(decode_ratio=ours["decode_tok_s"] / ref["decode_tok_s"],
                             prefill_ratio=ours["prefill_tok_s"] / ref["prefill_tok_s"])
