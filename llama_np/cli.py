@@ -248,10 +248,6 @@ def cmd_demo(a) -> None:
     run_demo(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed)
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "demo": cmd_demo, "chat": cmd_chat,
-            "perplexity": cmd_perplexity}
-
-
 def cmd_compare(a) -> None:
     from .compare import main as compare_main
 
@@ -259,17 +255,15 @@ def cmd_compare(a) -> None:
         raise SystemExit(1)                       # a difference above tolerance (not bad input)
 
 
-COMMANDS["compare"] = cmd_compare
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity,
+            "demo": cmd_demo, "compare": cmd_compare}
 
 
 def main(argv=None) -> int:
     try:
         a = build_parser().parse_args(argv)
         COMMANDS[a.command](a)
-    except LlamaNpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, MemoryError) as e:
+    except (LlamaNpError, OSError, MemoryError) as e:   # bad input, an unreadable file, a model too big
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

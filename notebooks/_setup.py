@@ -6,8 +6,7 @@
                             else the real trained stories260K from ../shared/models when present;
                             else the demo model (random weights, built in a second, no download).
 
-The notebooks only *use* llama_np; nothing of the model is re-implemented here, except the
-marked minimal reader of llama2.c's .bin format below (until the converter has it).
+The notebooks only *use* llama_np; nothing of the model is re-implemented here.
 """
 from __future__ import annotations
 
@@ -20,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 import llama_np
-from llama_np.config import ModelArgs
-from llama_np.weights import write_model_dir
 
 HERE = Path(__file__).resolve().parent
 SHARED_MODELS = HERE.parent.parent / "shared" / "models"
@@ -61,49 +58,9 @@ def convert_stories260k() -> Path:
     out = _scratch() / "stories260K"
     if out.exists():
         return out
-    from llama_np.checkpoints import convert as conv
+    from llama_np.checkpoints.convert import convert
 
-    if "llama2c" in getattr(conv, "FORMATS", ()):          # the package's converter, once it reads .bin
-        return conv.convert(STORIES260K, out, fmt="llama2c", progress=False)
-    args, tensors = read_llama2c_legacy(STORIES260K)
-    return write_model_dir(out, args, tensors, {"format": "llama2c", "path": str(STORIES260K)}, progress=False)
-
-
-# --- minimal reader of llama2.c's legacy .bin (notebook-only stand-in for llama_np.checkpoints.llama2c) ---
-def read_llama2c_legacy(path) -> tuple[ModelArgs, list]:
-    """llama2.c's legacy export: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
-    max_seq_len), then float32 tensors, each layer's stacked: token embedding, attention norms, wq, wk,
-    wv, wo, ffn norms, w1, w2, w3, final norm, two RoPE tables (skipped), and the classifier only
-    when vocab_size is negative (else it is the embedding). Rotary layout: Meta's interleaved pairs."""
-    header = np.fromfile(path, dtype="<i4", count=7)
-    dim, hidden, L, H, KVH, vocab, max_seq_len = (int(v) for v in header)
-    args = ModelArgs(dim=dim, n_layers=L, n_heads=H, n_kv_heads=KVH, vocab_size=abs(vocab),
-                     hidden_dim=hidden, max_seq_len=max_seq_len)
-    data = np.memmap(path, dtype="<f4", mode="r", offset=28)
-    kv, hd = KVH * dim // H, dim // H
-    parts = [("tok_embeddings", (abs(vocab), dim)), ("attention_norm", (L, dim)), ("wq", (L, dim, dim)),
-             ("wk", (L, kv, dim)), ("wv", (L, kv, dim)), ("wo", (L, dim, dim)), ("ffn_norm", (L, dim)),
-             ("w1", (L, hidden, dim)), ("w2", (L, dim, hidden)), ("w3", (L, hidden, dim)), ("norm", (dim,)),
-             ("rope", (2, max_seq_len, hd // 2))] + ([("output", (abs(vocab), dim))] if vocab < 0 else [])
-    arrays, at = {}, 0
-    for name, shape in parts:
-        n = int(np.prod(shape))
-        assert at + n <= data.size, f"{path}: file too short for {name} {shape}"
-        arrays[name], at = data[at:at + n].reshape(shape), at + n
-    assert at == data.size, f"{path}: {data.size - at} unexpected trailing floats"
-    return args, _meta_names(arrays, L)
-
-
-def _meta_names(a: dict, L: int) -> list:
-    """The stacked llama2.c arrays under Meta's tensor names, as (name, load) pairs."""
-    where = {"attention_norm": "", "ffn_norm": "", "wq": "attention.", "wk": "attention.", "wv": "attention.",
-             "wo": "attention.", "w1": "feed_forward.", "w2": "feed_forward.", "w3": "feed_forward."}
-    out = [("tok_embeddings.weight", lambda: a["tok_embeddings"]), ("norm.weight", lambda: a["norm"]),
-           ("output.weight", lambda: a.get("output", a["tok_embeddings"]))]
-    for i in range(L):
-        out += [(f"layers.{i}.{where[k]}{k}.weight", (lambda k=k, i=i: a[k][i])) for k in where]
-    return out
-# --- end of the minimal llama2.c reader ---
+    return convert(STORIES260K, out, fmt="llama2c", progress=False)
 
 
 def llama2_tokenizer(model=None) -> tuple[llama_np.Tokenizer, str]:
