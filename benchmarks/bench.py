@@ -227,6 +227,7 @@ def hf_model(model_dir: str, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+    from llama_np.checkpoints.hf import HF_TO_META
     from llama_np.weights import read_model_dir
 
     args, w, _ = read_model_dir(model_dir)
@@ -240,28 +241,22 @@ def hf_model(model_dir: str, dtype):
     model = model.to_empty(device="cpu").to(dtype).eval()
     model.model.rotary_emb = LlamaRotaryEmbedding(config)
 
-    def t(name, heads=None):
+    heads = {"attention.wq.weight": args.n_heads, "attention.wk.weight": args.n_kv_heads}
+
+    def t(name):
         x = np.asarray(w[name])
-        if heads:   # Meta's interleaved rotary rows -> HF's half-split rows
+        n = heads.get(name.split(".", 2)[-1])
+        if n:   # Meta's interleaved rotary rows -> HF's half-split rows (the inverse of hf_to_meta_rows)
             rows, cols = x.shape
-            x = x.reshape(heads, rows // heads // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+            x = x.reshape(n, rows // n // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
         return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
 
-    sd = {"model.embed_tokens.weight": t("tok_embeddings.weight"), "model.norm.weight": t("norm.weight"),
-          "lm_head.weight": t("output.weight")}
+    # the converter's HF -> Meta name map, read backwards; one layer at a time to bound memory
+    layer_names = {hf: meta for hf, meta in HF_TO_META.items() if "{i}" in hf}
     for i in range(args.n_layers):
-        m, p = f"model.layers.{i}.", f"layers.{i}."
-        sd[m + "self_attn.q_proj.weight"] = t(p + "attention.wq.weight", args.n_heads)
-        sd[m + "self_attn.k_proj.weight"] = t(p + "attention.wk.weight", args.n_kv_heads)
-        sd[m + "self_attn.v_proj.weight"] = t(p + "attention.wv.weight")
-        sd[m + "self_attn.o_proj.weight"] = t(p + "attention.wo.weight")
-        sd[m + "mlp.gate_proj.weight"] = t(p + "feed_forward.w1.weight")
-        sd[m + "mlp.down_proj.weight"] = t(p + "feed_forward.w2.weight")
-        sd[m + "mlp.up_proj.weight"] = t(p + "feed_forward.w3.weight")
-        sd[m + "input_layernorm.weight"] = t(p + "attention_norm.weight")
-        sd[m + "post_attention_layernorm.weight"] = t(p + "ffn_norm.weight")
-        model.load_state_dict({k: v for k, v in sd.items() if k.startswith(m)}, strict=False, assign=True)
-        sd = {k: v for k, v in sd.items() if not k.startswith(m)}
+        model.load_state_dict({hf.format(i=i): t(meta.format(i=i)) for hf, meta in layer_names.items()},
+                              strict=False, assign=True)
+    sd = {hf: t(meta) for hf, meta in HF_TO_META.items() if "{i}" not in hf}
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     assert not unexpected, unexpected
     return model, args
