@@ -81,7 +81,7 @@ def chat_completion(model, dialogs: list[list[dict]], max_new_tokens: int | None
                     stop: list[str] | None = None) -> list[dict]:
     """Meta's chat_completion: [{"generation": {"role": "assistant", "content": ...}, ...}] per dialog,
     all dialogs generated as one batch."""
-    from .generation import completion_result, cut_at_stop, generate_batch, stop_checker
+    from .generation import completion_result, cut_at_stop, generate_batch, need_tokenizer, stop_checker
 
     tok = need_tokenizer(model)
     prompt_tokens = [encode_dialog(tok, d) for d in dialogs]
@@ -97,22 +97,10 @@ def chat(model, dialog: list[dict], max_new_tokens: int | None = None, temperatu
          on_text: Callable[[str], None] | None = None, stats=None) -> dict:
     """The assistant's answer to one dialog, streamed to on_text as it is produced
     -> {"role": "assistant", "content": text} (the text is decode(new ids), as Meta's)."""
-    from .generation import generate_ids, stream_text
+    from .generation import collect_text, generate_ids, need_tokenizer, stream_text
 
     tok = need_tokenizer(model)
     ids = encode_dialog(tok, dialog)
     max_new_tokens = model.config.max_seq_len - 1 if max_new_tokens is None else max_new_tokens
-    pieces = []
-    for piece in stream_text(tok, generate_ids(model, ids, max_new_tokens, temperature, top_p, top_k, seed, stats),
-                             stop):
-        pieces.append(piece)
-        if on_text is not None:
-            on_text(piece)
-    return {"role": "assistant", "content": "".join(pieces)}
-
-
-def need_tokenizer(model):
-    if model.tokenizer is None:
-        raise LlamaNpError("this model has no tokenizer.model, so it cannot chat: convert it again with "
-                           "--tokenizer PATH")
-    return model.tokenizer
+    tokens = generate_ids(model, ids, max_new_tokens, temperature, top_p, top_k, seed, stats)
+    return {"role": "assistant", "content": collect_text(stream_text(tok, tokens, stop), on_text)}

@@ -151,10 +151,10 @@ def _check_generation_args(a) -> None:
 def _load_with_tokenizer(model_dir, fp32: str = "auto"):
     from . import load
 
+    from .generation import need_tokenizer
+
     model = load(model_dir, fp32=fp32)
-    if model.tokenizer is None:
-        raise LlamaNpError(f"{model_dir} has no tokenizer.model, so it cannot turn text into tokens: "
-                           f"convert it again with --tokenizer PATH")
+    need_tokenizer(model)
     return model
 
 

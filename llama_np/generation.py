@@ -38,13 +38,28 @@ class GenerationStats:
                 f"prefill {prefill:.1f} tok/s, decode {decode:.1f} tok/s")
 
 
+def need_tokenizer(model):
+    """The model's tokenizer, or a clear error: a llama2.c model converted without one runs on ids only."""
+    if model.tokenizer is None:
+        raise LlamaNpError("this model has no tokenizer.model, so it cannot turn text into tokens: pass token "
+                           "ids, or convert it again with --tokenizer PATH")
+    return model.tokenizer
+
+
+def collect_text(pieces: Iterable[str], on_text: Callable[[str], None] | None) -> str:
+    """Join streamed text increments, handing each to on_text as it comes."""
+    out = []
+    for piece in pieces:
+        out.append(piece)
+        if on_text is not None:
+            on_text(piece)
+    return "".join(out)
+
+
 def prompt_ids(model, prompt, bos: bool = True) -> list[int]:
     """Text -> ids with BOS (needs the tokenizer); a list of ids is taken as it is."""
     if isinstance(prompt, str):
-        if model.tokenizer is None:
-            raise LlamaNpError("this model has no tokenizer.model, so it cannot encode text: pass token "
-                               "ids, or convert it again with --tokenizer PATH")
-        return model.tokenizer.encode(prompt, bos=bos, eos=False)
+        return need_tokenizer(model).encode(prompt, bos=bos, eos=False)
     ids = [int(i) for i in prompt]
     if not ids:
         raise LlamaNpError("the prompt is empty")
@@ -349,9 +364,5 @@ def generate(model, prompt, max_new_tokens: int = 64, temperature: float = 0.6, 
     if not isinstance(prompt, str):
         return list(generate_ids(model, prompt_ids(model, prompt), max_new_tokens, temperature, top_p, top_k,
                                  seed, stats))
-    pieces = []
-    for piece in stream(model, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, stats=stats):
-        pieces.append(piece)
-        if on_text is not None:
-            on_text(piece)
-    return "".join(pieces)
+    return collect_text(stream(model, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, stats=stats),
+                        on_text)
