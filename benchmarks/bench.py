@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -67,7 +66,8 @@ def random_tensor(rng, shape):
 
 def make_converted(shape: str, cache_dir: Path) -> Path:
     """A converted model directory with random float16 weights for `shape` (written once)."""
-    from llama_np.weights import expected_shapes, write_model_dir
+    from llama_np.spec import expected_shapes
+    from llama_np.weights import write_model_dir
 
     out = cache_dir / f"{shape}-np"
     if (out / "config.json").exists():
@@ -94,7 +94,7 @@ def write_meta(out: Path, shape: str = BIG) -> Path:
 
     import torch  # only for the two names the pickle refers to; no tensor is made with it
 
-    from llama_np.weights import expected_shapes
+    from llama_np.spec import expected_shapes
 
     if (out / "consolidated.00.pth").exists():
         return out
@@ -376,7 +376,7 @@ def _timed(f) -> float:
 
 def decode_bytes(shape: str, fp32: bool) -> int:
     """Weight bytes one decoded token reads: every matrix but the embedding table (one row)."""
-    from llama_np.weights import expected_shapes
+    from llama_np.spec import expected_shapes
 
     n = sum(int(np.prod(s)) for name, s in expected_shapes(model_args(shape)).items()
             if name != "tok_embeddings.weight")

@@ -8,8 +8,19 @@ import argparse
 import itertools
 import re
 import sys
+import time
+from pathlib import Path
 
+from .chat import chat, fit_dialog
+from .checkpoints.convert import FORMATS, convert
+from .compare import main as compare_main
+from .demo import run_demo
 from .errors import LlamaNpError
+from .generation import (GenerationStats, check_generation, check_stop, need_tokenizer, prompt_ids, stream,
+                         text_completion)
+from .model import load
+from .perplexity import check_window, perplexity_result
+from .sampling import check_sampling
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,8 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_convert_args(p: argparse.ArgumentParser) -> None:
-    from .checkpoints.convert import FORMATS
-
     p.add_argument("src", help="the checkpoint: a Meta directory (params.json, consolidated.NN.pth), a Hugging "
                                "Face directory (config.json, *.safetensors or pytorch_model*.bin), or a "
                                "llama2.c file (.bin export or training .pt)")
@@ -121,10 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(a) -> None:
-    from .checkpoints.convert import convert
-
-    import time
-
     t0 = time.perf_counter()
     out = convert(a.src, a.out_dir, tokenizer=a.tokenizer, fmt=a.format, max_seq_len=a.max_seq_len)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
@@ -138,9 +143,6 @@ def _unescape(text: str) -> str:
 
 def _check_generation_args(a) -> None:
     """Bad options fail before the model is opened."""
-    from .generation import check_stop
-    from .sampling import check_sampling
-
     a.stop = [_unescape(s) for s in a.stop] if a.stop else None
     check_sampling(a.temperature, a.top_p, a.top_k)
     if a.max_new_tokens < 0:
@@ -149,18 +151,12 @@ def _check_generation_args(a) -> None:
 
 
 def _load_with_tokenizer(model_dir, fp32: str = "auto"):
-    from . import load
-
-    from .generation import need_tokenizer
-
     model = load(model_dir, fp32=fp32)
     need_tokenizer(model)
     return model
 
 
 def cmd_generate(a) -> None:
-    from .generation import GenerationStats, check_generation, prompt_ids, stream
-
     _check_generation_args(a)
     model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
     if len(a.prompt) > 1 or a.logprobs:
@@ -179,8 +175,6 @@ def cmd_generate(a) -> None:
 
 def _generate_batch(a, model) -> None:
     """Several prompts (one batch, Meta's text_completion) or --logprobs: printed when done."""
-    from .generation import text_completion
-
     results = text_completion(model, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed,
                               logprobs=a.logprobs, echo=a.echo, stop=a.stop)
     for i, (prompt, result) in enumerate(zip(a.prompt, results)):
@@ -194,8 +188,6 @@ def _generate_batch(a, model) -> None:
 
 
 def cmd_chat(a) -> None:
-    from .chat import chat, fit_dialog
-
     _check_generation_args(a)
     model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
     max_seq_len = model.config.max_seq_len
@@ -225,10 +217,6 @@ def cmd_chat(a) -> None:
 
 
 def cmd_perplexity(a) -> None:
-    from pathlib import Path
-
-    from .perplexity import check_window, perplexity_result
-
     path = Path(a.file)
     if not path.is_file():
         raise LlamaNpError(f"{path}: no such file")
@@ -243,14 +231,10 @@ def cmd_perplexity(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from .demo import run_demo
-
     run_demo(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed)
 
 
 def cmd_compare(a) -> None:
-    from .compare import main as compare_main
-
     if compare_main(a.model_dir, a.tokens, a.prompt) != 0:
         raise SystemExit(1)                       # a difference above tolerance (not bad input)
 

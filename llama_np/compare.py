@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from .errors import LlamaNpError
+from .model import load
 
 TOL = 1e-4
 LAYER_COMPONENTS = ("attention_norm", "q", "k", "v", "q_rot", "k_rot", "scores", "probs", "attention_out", "h",
@@ -192,8 +193,6 @@ def summary(diffs: dict[str, float], tol: float = TOL) -> str:
 
 def main(model_dir, n_tokens: int = 16, prompt: str | None = None) -> int:
     """The CLI command: 0 when every tensor agrees within TOL, 1 when one does not."""
-    from . import load
-
     model = load(model_dir)                     # bad input is reported before the slow torch import
     tokens = compare_tokens(model, n_tokens, prompt)
     require_torch()

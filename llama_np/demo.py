@@ -12,17 +12,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 from .config import ModelArgs, llama_hidden_dim
-from .weights import TOKENIZER_FILE, expected_shapes, write_model_dir
+from .generation import GenerationStats
+from .model import load
+from .spec import expected_shapes
+from .tokenizer import Tokenizer
+from .weights import TOKENIZER_FILE, write_model_dir
 
 DEMO_TEXT = Path(__file__).parent / "data" / "demo.txt"
 
 
 def train_demo_tokenizer(path: Path, vocab_size: int = 320) -> None:
     """Train a small SentencePiece BPE model (byte fallback, like LLaMA's) on the demo text."""
-    import sentencepiece as spm
-
     model = io.BytesIO()
     lines = DEMO_TEXT.read_text(encoding="utf-8").splitlines()
     spm.SentencePieceTrainer.train(
@@ -34,8 +37,6 @@ def train_demo_tokenizer(path: Path, vocab_size: int = 320) -> None:
 
 def build_demo_model(out_dir, seed: int = 0, progress: bool = False) -> Path:
     """Write a random-weight model (dim 64, 2 layers, GQA 4/2 heads) with a trained tokenizer."""
-    from .tokenizer import Tokenizer
-
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = Path(tmp) / TOKENIZER_FILE
@@ -57,9 +58,6 @@ def build_demo_model(out_dir, seed: int = 0, progress: bool = False) -> Path:
 
 
 def run_demo(prompt: str = "Once upon a time", max_new_tokens: int = 40, seed: int = 0) -> None:
-    from . import load
-    from .generation import GenerationStats
-
     say = lambda s: print(s, file=sys.stderr)
     say("llama-np demo: a tiny LLaMA-2-shaped model with RANDOM weights (nothing was downloaded).")
     say("Its output is gibberish by design; it shows the machinery, not a trained model.")

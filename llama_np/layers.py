@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .precision import linear_f16
+from .kernels import matmul_t
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -120,16 +120,14 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x * (0.5 + 0.5 * np.tanh(0.5 * x))
 
 
-def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def linear(x: np.ndarray, w) -> np.ndarray:
     """A bias-free projection, torch's Linear: (..., in) @ (out, in).T -> (..., out)
 
-    A float32 w goes straight to BLAS (w.T is a transposed view, not a copy). A float16 w (the
-    memory-mapped file) is converted block by block inside the product: see precision.py.
+    How the product runs depends on the weight's type (a float32 matrix goes straight to BLAS, a
+    float16 memory map is widened block by block inside the product): see kernels.py.
     """
     assert x.shape[-1] == w.shape[1], f"linear: x {x.shape} vs w {w.shape}"
-    if w.dtype == np.float16:
-        return linear_f16(x.reshape(-1, w.shape[1]), w).reshape(*x.shape[:-1], w.shape[0])
-    return x @ w.T
+    return matmul_t(x.reshape(-1, w.shape[1]), w).reshape(*x.shape[:-1], w.shape[0])
 
 
 def feed_forward(x: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray,

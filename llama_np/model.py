@@ -14,11 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from . import chat as chat_module
+from . import generation
 from .config import ModelArgs
 from .errors import LlamaNpError
 from .kv_cache import KVCache
+from .kernels import check_matrix, gather_rows
 from .layers import apply_rope, attention, causal_mask, feed_forward, linear, rms_norm, rope_tables
+from .precision import working_weights
+from .spec import tensor_specs
 from .tokenizer import Tokenizer
+from .weights import TOKENIZER_FILE, read_model_dir
 
 
 def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, sin, mask,
@@ -47,11 +53,32 @@ def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, si
     return linear(out.reshape(B, T, H * HD), wo)                 # (B, T, D)
 
 
+def check_weights(args: ModelArgs, weights: dict) -> None:
+    """Every tensor of the spec present with its shape, nothing else; matrices of a type the products
+    know (kernels.py), norm weights float32 vectors. A one-line LlamaNpError otherwise."""
+    specs = tensor_specs(args)
+    for name, spec in specs.items():
+        if name not in weights:
+            raise LlamaNpError(f"weights: missing tensor {name!r}")
+        w = weights[name]
+        if tuple(w.shape) != spec.shape:
+            raise LlamaNpError(f"weights: tensor {name!r} has shape {tuple(w.shape)}, the config implies {spec.shape}")
+        if spec.is_matrix:
+            check_matrix(name, w)
+        elif not (isinstance(w, np.ndarray) and w.dtype == np.float32):
+            raise LlamaNpError(f"weights: norm weight {name!r} must be a float32 array, got "
+                               f"{getattr(w, 'dtype', type(w).__name__)}")
+    extra = sorted(set(weights) - set(specs))
+    if extra:
+        raise LlamaNpError(f"weights: unexpected tensor {extra[0]!r} for a {args.n_layers}-layer model")
+
+
 class Llama:
     """A converted LLaMA 2 model: config, weights (name -> array, Meta's names) and tokenizer."""
 
     def __init__(self, args: ModelArgs, weights: dict[str, np.ndarray], tokenizer: Tokenizer | None = None,
                  source: dict | None = None):
+        check_weights(args, weights)
         self.config = args
         self.weights = weights
         self.tokenizer = tokenizer
@@ -92,7 +119,7 @@ class Llama:
         if T and (tokens.min() < 0 or tokens.max() >= args.vocab_size):
             raise LlamaNpError(f"forward: token ids must lie in [0, {args.vocab_size})")
 
-        h = w["tok_embeddings.weight"][tokens].astype(np.float32)    # (B, T, D)
+        h = gather_rows(w["tok_embeddings.weight"], tokens)          # (B, T, D)
         cos = self.rope_cos[start_pos:start_pos + T]                 # (T, HD/2)
         sin = self.rope_sin[start_pos:start_pos + T]                 # (T, HD/2)
         mask = causal_mask(T, start_pos) if T > 1 else None          # (T, S); one query sees everything
@@ -122,15 +149,11 @@ class Llama:
 
     def generate(self, prompt, max_new_tokens: int = 64, **kwargs):
         """Complete `prompt` (text, or a list of token ids); returns the new text (ids without a tokenizer)."""
-        from .generation import generate
-
-        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+        return generation.generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
     def chat(self, dialog, **kwargs) -> dict:
         """The assistant's answer to a LLaMA 2 chat dialog -> {"role": "assistant", "content": ...}."""
-        from .chat import chat
-
-        return chat(self, dialog, **kwargs)
+        return chat_module.chat(self, dialog, **kwargs)
 
 
 def load(model_dir, fp32: str = "auto") -> Llama:
@@ -138,9 +161,6 @@ def load(model_dir, fp32: str = "auto") -> Llama:
     what the forward pass computes with (precision.py): "on" = float32 copies of the matrices,
     "off" = the float16 map itself, converted block by block inside each product, "auto" = copies
     when they fit in half of the available RAM."""
-    from .precision import working_weights
-    from .weights import TOKENIZER_FILE, read_model_dir
-
     args, weights, config = read_model_dir(model_dir)
     weights = working_weights(weights, fp32)
     tok_path = Path(model_dir) / TOKENIZER_FILE

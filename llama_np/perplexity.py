@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import LlamaNpError
+from .generation import prompt_ids, token_logprobs
 
 
 @dataclass
@@ -67,8 +69,6 @@ def check_window(model, context, stride) -> tuple[int, int]:
 
 def window_nll(model, tokens: np.ndarray, begin: int, end: int, first: int) -> np.ndarray:
     """NLL of tokens[first:end] given the window tokens[begin:end].  -> (end - first,) float64"""
-    from .generation import token_logprobs
-
     logits = model.forward(tokens[None, begin:end], start_pos=0)               # (1, T, V)
     pred = logits[:, first - 1 - begin:end - 1 - begin]                        # (1, n, V) predicting tokens[first:end]
     return -token_logprobs(pred, tokens[None, first:end])[0]                  # (n,)
@@ -77,10 +77,6 @@ def window_nll(model, tokens: np.ndarray, begin: int, end: int, first: int) -> n
 def perplexity_result(model, text_or_ids, context: int | None = None, stride: int | None = None,
                       progress: bool = False) -> PerplexityResult:
     """Score a text (or token ids) window by window; see the module docstring."""
-    from tqdm import tqdm
-
-    from .generation import prompt_ids
-
     context, stride = check_window(model, context, stride)
     tokens = np.asarray(prompt_ids(model, text_or_ids), dtype=np.int64)       # (N,)
     if tokens.size < 2:

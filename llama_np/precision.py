@@ -1,130 +1,26 @@
-"""Weight precision: float16 on disk, float32 where BLAS computes.
+"""What the forward pass computes with: the load policy for the float16 weights on disk.
 
-The converted model stores every weight as float16, memory-mapped. NumPy has no float16 matrix
-product (`x @ w16.T` would first cast the whole matrix with NumPy's scalar cast, ~1.4 GB/s), so
-the forward pass needs float32 weights. Two ways to get them:
+The converted model stores every weight as float16, memory-mapped. Two ways to compute with it
+(kernels.py has the products):
 
   fp32 copies   convert every matrix once at load time; decoding then streams float32 bytes
                 through BLAS at memory bandwidth. Costs 2x the file size in RAM.
   fused fp16    keep the float16 memory map and convert a cache-sized block of rows at a time,
-                right before its product (`linear_f16`). Costs no extra RAM; a 7B model's 13.5 GB
-                of float16 fits a 24 GB machine where its 27 GB of float32 would not.
+                right before its product. Costs no extra RAM; a 7B model's 13.5 GB of float16
+                fits a 24 GB machine where its 27 GB of float32 would not.
 
 `llama_np.load(path, fp32="auto"|"on"|"off")` chooses; "auto" makes the copies when their float32
 bytes fit in half of the RAM the kernel reports available (/proc/meminfo MemAvailable).
-
-The conversion itself is exact integer work on the float16 bits (finite values only, which the
-converter guarantees):
-
-    float16  s eeeee mmmmmmmmmm                      (bias 15)
-    float32  s eeeeeeee mmmmmmmmmmmmmmmmmmmmmmm       (bias 127)
-
-Sign-extend the 16 bits to int32 and shift left by 13: the mantissa lands in the top of the
-float32 mantissa, the exponent in the low 5 exponent bits, the sign in bit 31 (bits 30..28 hold
-copies of the sign; we clear them). The result read as float32 is the value times 2^-112
-(127 - 15 = 112), so a multiplication by 2^112 finishes it, exactly — float16 subnormals
-included, which land on float32 subnormals and are normalised by the product.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from .weights import drop_pages
+from .errors import LlamaNpError
+from .kernels import to_float32
+from .pages import drop_pages
 
 FP32_CHOICES = ("auto", "on", "off")
-BLOCK_ELEMENTS = 1 << 18           # 256K weights per block: 512 KB float16 + 1 MB float32, cache-sized
-GEMM_BLOCK_ELEMENTS = 1 << 22      # 4M weights per block when many tokens share each converted block
-_CLEAR_SIGN_COPIES = np.int32(0x8FFFFFFF - (1 << 32))   # keep bit 31, clear bits 30..28
-_TWO_POW_112 = np.float32(2.0 ** 112)
-_pool: ThreadPoolExecutor | None = None
-
-
-def n_threads() -> int:
-    """The cores this process may run on (NumPy ufuncs release the GIL, so threads use them all)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _workers() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n_threads(), thread_name_prefix="llama_np")
-    return _pool
-
-
-def f16_to_f32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Exact float16 -> float32 of finite values with vectorised integer ops (see the module doc).
-
-    h float16 (...), out float32 or int32 scratch of the same shape -> out viewed as float32.
-    """
-    assert h.dtype == np.float16 and out.shape == h.shape and out.itemsize == 4, \
-        f"f16_to_f32: h {h.dtype} {h.shape}, out {out.dtype} {out.shape}"
-    bits = out.view(np.int32)
-    np.copyto(bits, h.view(np.int16))                    # sign-extend the 16 bits
-    np.left_shift(bits, 13, out=bits)                    # s sss s eeeee mmmmmmmmmm 0000000000000
-    np.bitwise_and(bits, _CLEAR_SIGN_COPIES, out=bits)   # s 000 0 eeeee mmmmmmmmmm 0000000000000
-    value = bits.view(np.float32)
-    np.multiply(value, _TWO_POW_112, out=value)          # rebias the exponent: 2^(127 - 15)
-    return value
-
-
-def _row_blocks(n_rows: int, n_cols: int, n_parts: int) -> list[tuple[int, int]]:
-    """Split rows into n_parts contiguous ranges (one per thread)."""
-    edges = np.linspace(0, n_rows, n_parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def linear_f16(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w.T for a float16 weight w (out, in), never materialising w in float32.
-
-    x (N, in) float32 -> (N, out) float32. Every weight byte is read from memory once.
-    Decoding (few rows in x): each thread takes a range of w's rows and walks it in blocks of
-    ~BLOCK_ELEMENTS weights: widen the block into a float32 scratch buffer that stays in cache,
-    multiply x by it, move on. A prompt (many rows): the widening is shared by all N rows, so
-    widen bigger blocks (on all threads) and hand each to one BLAS matrix product.
-    """
-    N, n_in = x.shape
-    n_out = w.shape[0]
-    assert w.dtype == np.float16 and w.shape[1] == n_in, f"linear_f16: x {x.shape} vs w {w.dtype} {w.shape}"
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty((N, n_out), np.float32)                                # (N, out)
-    if N >= 16:
-        rows = max(1, GEMM_BLOCK_ELEMENTS // n_in)
-        scratch = np.empty((min(rows, n_out), n_in), np.float32)          # (rows, in)
-        for r in range(0, n_out, rows):
-            block = to_float32(w[r:r + rows], out=scratch[:min(rows, n_out - r)])  # (n, in)
-            np.matmul(x, block.T, out=out[:, r:r + rows])                 # (N, n)
-        return out
-    rows = max(1, BLOCK_ELEMENTS // n_in)
-
-    def work(first: int, last: int) -> None:
-        scratch = np.empty((rows, n_in), np.int32)                        # (rows, in)
-        for r in range(first, last, rows):
-            n = min(rows, last - r)
-            block = f16_to_f32(w[r:r + n], scratch[:n])                   # (n, in) float32
-            np.matmul(x, block.T, out=out[:, r:r + n])                    # (N, n)
-
-    list(_workers().map(lambda ab: work(*ab), _row_blocks(n_out, n_in, n_threads())))
-    return out
-
-
-def to_float32(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A float32 copy of a float16 array (into `out` if given), converted in blocks by all cores."""
-    assert w.dtype == np.float16, f"to_float32: expected float16, got {w.dtype}"
-    out = np.empty(w.shape, np.float32) if out is None else out
-    assert out.shape == w.shape and out.dtype == np.float32 and out.flags.c_contiguous, \
-        f"to_float32: out {out.dtype} {out.shape} vs {w.shape}"
-    flat_in, flat_out = w.reshape(-1), out.reshape(-1)
-
-    def work(first: int, last: int) -> None:
-        for a in range(first, last, BLOCK_ELEMENTS):
-            b = min(a + BLOCK_ELEMENTS, last)
-            f16_to_f32(flat_in[a:b], flat_out[a:b])
-
-    list(_workers().map(lambda ab: work(*ab), _row_blocks(flat_in.size, 1, n_threads())))
-    return out
 
 
 def mem_available() -> int:
@@ -146,8 +42,6 @@ def fp32_bytes(weights: dict[str, np.ndarray]) -> int:
 
 def want_fp32(weights: dict[str, np.ndarray], fp32: str) -> bool:
     """The policy: "on", "off", or "auto" = the float32 copies fit in half of MemAvailable."""
-    from .errors import LlamaNpError
-
     if fp32 not in FP32_CHOICES:
         raise LlamaNpError(f"fp32 must be one of {', '.join(FP32_CHOICES)}, got {fp32!r}")
     if fp32 == "auto":

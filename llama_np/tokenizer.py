@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sentencepiece as spm
+
 from .errors import LlamaNpError
 
 
 class Tokenizer:
     def __init__(self, model_path):
-        import sentencepiece as spm
-
         model_path = Path(model_path)
         if not model_path.is_file():
             raise LlamaNpError(f"{model_path}: tokenizer model not found")

@@ -14,7 +14,6 @@ the forward pass touches it.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import struct
@@ -23,35 +22,18 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from .config import ModelArgs, read_json
 from .errors import LlamaNpError
+from .pages import drop_pages
+from .spec import expected_shapes
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
-
-
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a LLaMA 2 model with Meta's names, in Meta's order, and its shape."""
-    D, F, V, HD = args.dim, args.hidden_dim, args.vocab_size, args.head_dim
-    shapes = {"tok_embeddings.weight": (V, D)}
-    for i in range(args.n_layers):
-        p = f"layers.{i}."
-        shapes[p + "attention_norm.weight"] = (D,)
-        shapes[p + "attention.wq.weight"] = (args.n_heads * HD, D)
-        shapes[p + "attention.wk.weight"] = (args.n_kv_heads * HD, D)
-        shapes[p + "attention.wv.weight"] = (args.n_kv_heads * HD, D)
-        shapes[p + "attention.wo.weight"] = (D, args.n_heads * HD)
-        shapes[p + "ffn_norm.weight"] = (D,)
-        shapes[p + "feed_forward.w1.weight"] = (F, D)
-        shapes[p + "feed_forward.w2.weight"] = (D, F)
-        shapes[p + "feed_forward.w3.weight"] = (F, D)
-    shapes["norm.weight"] = (D,)
-    shapes["output.weight"] = (V, D)
-    return shapes
 
 
 def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
@@ -88,8 +70,6 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
 
 
 def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
-    from tqdm import tqdm
-
     header, offset = {}, 0
     for name, shape in shapes.items():
         nbytes = int(np.prod(shape)) * 2
@@ -133,26 +113,6 @@ def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
         bad = "overflows float16" if np.isfinite(array).all() else "contains inf or nan"
         raise LlamaNpError(f"tensor {name!r} {bad}")
     return out
-
-
-def drop_pages(view: np.ndarray) -> None:
-    """Unmap the pages of a memory-mapped array from this process once we are done with them.
-
-    The kernel keeps the file's pages in its page cache (a later touch maps them again, reading
-    the same bytes); they just stop counting in our RSS. Without this, streaming a 13.5 GB
-    checkpoint through a memory map would leave all of it resident. No-op for other arrays.
-    """
-    base = view
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = base.obj if isinstance(base, memoryview) else getattr(base, "_mmap", None) or getattr(base, "base", None)
-    if base is None or base.closed or view.size == 0:
-        return
-    low, high = getattr(np.lib, "array_utils", np).byte_bounds(view)
-    start = low - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
-    begin = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE          # whole pages inside the view only
-    end = (start + high - low) // mmap.PAGESIZE * mmap.PAGESIZE
-    if end > begin:
-        base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:

@@ -10,7 +10,8 @@ import pytest
 
 import llama_np
 from llama_np.errors import LlamaNpError
-from llama_np.precision import f16_to_f32, linear_f16, to_float32, want_fp32
+from llama_np.kernels import f16_to_f32, linear_f16, to_float32
+from llama_np.precision import want_fp32
 from test_meta_vs_pytorch import GQA_HIDDEN, GQA_PARAMS, TOL, build, two_prompts
 from reference import hf_logits, rel_err
 

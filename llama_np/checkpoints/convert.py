@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LlamaNpError
+from ..tokenizer import Tokenizer
 from ..weights import write_model_dir
 from . import hf, llama2c, meta
 
@@ -59,8 +60,6 @@ def find_tokenizer(src: Path, tokenizer) -> Path | None:
 def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | None = None,
             progress: bool = True) -> Path:
     """Convert `src` into `out_dir` (config.json, model.safetensors float16, tokenizer.model)."""
-    from ..tokenizer import Tokenizer
-
     src, out_dir = Path(src), Path(out_dir)
     if fmt not in FORMATS:
         raise LlamaNpError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -19,7 +19,9 @@ import numpy as np
 
 from ..config import DEFAULT_MAX_SEQ_LEN, ModelArgs, read_json
 from ..errors import LlamaNpError
-from ..weights import drop_pages, expected_shapes, read_safetensors
+from ..pages import drop_pages
+from ..spec import expected_shapes
+from ..weights import read_safetensors
 from .pth import LazyTensor, bf16_to_float32, load_pth_state_dict
 
 # HF name -> Meta name; "{i}" is the layer index.

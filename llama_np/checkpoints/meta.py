@@ -1,41 +1,20 @@
 """Meta's LLaMA 2 download: params.json + consolidated.NN.pth (model-parallel shards) + tokenizer.model.
 
 Meta split each tensor across NN shards for model parallelism (fairscale's Column/Row
-ParallelLinear and ParallelEmbedding). We merge them back the way they were split:
+ParallelLinear and ParallelEmbedding); we merge them back along the axes spec.SHARD_AXIS names.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ModelArgs, read_json
 from ..errors import LlamaNpError
-from ..weights import expected_shapes
+from ..spec import SHARD_AXIS, base_name, expected_shapes
 from .pth import load_pth_state_dict
 
-# tensor name (without "layers.{i}.") -> the axis its shards are concatenated along, or None
-# when every shard holds the whole tensor (the norms).
-SHARD_AXIS = {
-    "tok_embeddings.weight": 1,          # ParallelEmbedding splits the embedding dimension
-    "attention.wq.weight": 0,            # ColumnParallelLinear: split output rows
-    "attention.wk.weight": 0,
-    "attention.wv.weight": 0,
-    "attention.wo.weight": 1,            # RowParallelLinear: split input columns
-    "feed_forward.w1.weight": 0,
-    "feed_forward.w2.weight": 1,
-    "feed_forward.w3.weight": 0,
-    "output.weight": 0,
-    "attention_norm.weight": None,
-    "ffn_norm.weight": None,
-    "norm.weight": None,
-}
 IGNORED = {"rope.freqs"}                 # Meta's precomputed rotary frequencies; we compute our own
-
-
-def _base_name(name: str) -> str:
-    return re.sub(r"^layers\.\d+\.", "", name)
 
 
 def is_meta_dir(path: Path) -> bool:
@@ -63,7 +42,7 @@ def read_meta(src: Path, tokenizer_vocab_size: int | None, max_seq_len: int | No
 
 
 def _check_merge(name, parts, shard_paths, shapes):
-    axis = SHARD_AXIS.get(_base_name(name), "unknown")
+    axis = SHARD_AXIS.get(base_name(name), "unknown")
     if axis == "unknown" or name not in shapes:
         raise LlamaNpError(f"{shard_paths[0]}: unexpected tensor {name!r}")
     for path, part in zip(shard_paths, parts):
@@ -85,7 +64,7 @@ def _check_merge(name, parts, shard_paths, shapes):
 
 def _merger(name, parts):
     """load() for one tensor: the shards concatenated along the axis Meta split them on."""
-    axis = SHARD_AXIS[_base_name(name)]
+    axis = SHARD_AXIS[base_name(name)]
     if axis is None:
         return parts[0].numpy
     def load():

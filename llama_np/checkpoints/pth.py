@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamaNpError
-from ..weights import drop_pages
+from ..pages import drop_pages
 
 # torch storage type name -> (numpy dtype of the raw elements, the dtype name we report)
 # bfloat16 has no numpy dtype: its raw elements are read as uint16 and widened to float32.
