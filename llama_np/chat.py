@@ -17,6 +17,9 @@ from __future__ import annotations
 from typing import Callable
 
 from .errors import LlamaNpError
+from .generation import complete, need_tokenizer, stream_ids
+from .sampling import SamplingParams
+from .text import collect_text
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -76,31 +79,22 @@ def fit_dialog(tokenizer, dialog: list[dict], max_prompt_tokens: int) -> tuple[l
     return system + turns, dropped
 
 
-def chat_completion(model, dialogs: list[list[dict]], max_new_tokens: int | None = None, temperature: float = 0.6,
-                    top_p: float = 0.9, top_k: int = 0, seed: int | None = None, logprobs: bool = False,
-                    stop: list[str] | None = None) -> list[dict]:
+def chat_completion(model, dialogs: list[list[dict]], *, logprobs: bool = False, stop: list[str] | None = None,
+                    **sampling) -> list[dict]:
     """Meta's chat_completion: [{"generation": {"role": "assistant", "content": ...}, ...}] per dialog,
-    all dialogs generated as one batch."""
-    from .generation import completion_result, cut_at_stop, generate_batch, need_tokenizer, stop_checker
-
+    all dialogs generated as one batch. `sampling`: the fields of SamplingParams."""
     tok = need_tokenizer(model)
-    prompt_tokens = [encode_dialog(tok, d) for d in dialogs]
-    max_new_tokens = model.config.max_seq_len - 1 if max_new_tokens is None else max_new_tokens
-    out_tokens, out_logprobs = generate_batch(model, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
-                                              seed, logprobs, False, stop_checker(tok, stop))
-    return [completion_result(tok, {"role": "assistant", "content": cut_at_stop(tok.decode(ids), stop)}, ids,
-                              out_logprobs[b] if logprobs else None) for b, ids in enumerate(out_tokens)]
+    params = SamplingParams(**sampling)
+    results = complete(model, [encode_dialog(tok, d) for d in dialogs], params, logprobs, False, stop)
+    for result in results:
+        result["generation"] = {"role": "assistant", "content": result["generation"]}
+    return results
 
 
-def chat(model, dialog: list[dict], max_new_tokens: int | None = None, temperature: float = 0.6, top_p: float = 0.9,
-         top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
-         on_text: Callable[[str], None] | None = None, stats=None) -> dict:
+def chat(model, dialog: list[dict], *, stop: list[str] | None = None, on_text: Callable[[str], None] | None = None,
+         stats=None, **sampling) -> dict:
     """The assistant's answer to one dialog, streamed to on_text as it is produced
     -> {"role": "assistant", "content": text} (the text is decode(new ids), as Meta's)."""
-    from .generation import collect_text, generate_ids, need_tokenizer, stream_text
-
-    tok = need_tokenizer(model)
-    ids = encode_dialog(tok, dialog)
-    max_new_tokens = model.config.max_seq_len - 1 if max_new_tokens is None else max_new_tokens
-    tokens = generate_ids(model, ids, max_new_tokens, temperature, top_p, top_k, seed, stats)
-    return {"role": "assistant", "content": collect_text(stream_text(tok, tokens, stop), on_text)}
+    ids = encode_dialog(need_tokenizer(model), dialog)
+    pieces = stream_ids(model, ids, SamplingParams(**sampling), stop, continuation=False, stats=stats)
+    return {"role": "assistant", "content": collect_text(pieces, on_text)}

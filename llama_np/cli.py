@@ -5,6 +5,7 @@ Bad input ends with one line `error: ...` on stderr and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import re
 import sys
@@ -16,11 +17,11 @@ from .checkpoints.convert import FORMATS, convert
 from .compare import main as compare_main
 from .demo import run_demo
 from .errors import LlamaNpError
-from .generation import (GenerationStats, check_generation, check_stop, need_tokenizer, prompt_ids, stream,
-                         text_completion)
+from .generation import GenerationStats, complete, need_tokenizer, prompt_ids, stream_ids
 from .model import load
 from .perplexity import check_window, perplexity_result
-from .sampling import check_sampling
+from .sampling import SamplingParams
+from .text import check_stop
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,14 +42,27 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256, help="at most this many new tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, as Meta)")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
-    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (default 0 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    """The fields of SamplingParams, with its defaults (stated once, in sampling.py)."""
+    d = SamplingParams()
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help="at most this many new tokens (default: until EOS or the end of the context)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass in (0, 1] (default {d.top_p})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keep only the k most likely tokens (default 0 = off)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="end the answer before this text (repeatable); the stop text is never printed; "
                         "\\n, \\t and \\\\ are read as newline, tab and backslash")
+
+
+def _sampling(a) -> SamplingParams:
+    """The sampling options as one SamplingParams (checked here, before any model is opened)."""
+    try:
+        return SamplingParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                              top_k=a.top_k, seed=a.seed)
+    except LlamaNpError as e:                    # "top_p must be ..." -> "--top-p must be ..."
+        field, rest = str(e).split(" ", 1)
+        raise LlamaNpError(f"--{field.replace('_', '-')} {rest}") from None
 
 
 MAIN_EPILOG = """generate and chat take --max-new-tokens --temperature --top-p --top-k --seed --stop;
@@ -77,9 +91,10 @@ Hugging Face's perplexity guide); perplexity = exp(mean negative log-likelihood)
 
 
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-fp32", default="auto", choices=["auto", "on", "off"],
-                   help="float32 copies of the weights: on, off (convert float16 blocks on the fly), "
-                        "or auto = on when they fit in half of the available RAM (default)")
+    p.add_argument("--fp32-weights", default="auto", choices=["auto", "on", "off"],
+                   help="compute with float32 copies of the float16 weight matrices: on, off (widen float16 "
+                        "blocks inside each product, no extra RAM), or auto = on when the copies fit in half "
+                        "of the available RAM (default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,13 +156,10 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
-def _check_generation_args(a) -> None:
+def _check_generation_args(a) -> SamplingParams:
     """Bad options fail before the model is opened."""
-    a.stop = [_unescape(s) for s in a.stop] if a.stop else None
-    check_sampling(a.temperature, a.top_p, a.top_k)
-    if a.max_new_tokens < 0:
-        raise LlamaNpError(f"--max-new-tokens must be >= 0, got {a.max_new_tokens}")
-    check_stop(a.stop)
+    a.stop = check_stop([_unescape(s) for s in a.stop] if a.stop else None)
+    return _sampling(a)
 
 
 def _load_with_tokenizer(model_dir, fp32: str = "auto"):
@@ -157,26 +169,26 @@ def _load_with_tokenizer(model_dir, fp32: str = "auto"):
 
 
 def cmd_generate(a) -> None:
-    _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
+    params = _check_generation_args(a)
+    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
     if len(a.prompt) > 1 or a.logprobs:
-        return _generate_batch(a, model)
+        return _generate_batch(a, model, params)
     stats = GenerationStats()
     ids = prompt_ids(model, a.prompt[0])
-    check_generation(model, [ids], a.max_new_tokens, a.temperature, a.top_p, a.top_k)   # before printing
+    pieces = stream_ids(model, ids, params, a.stop, continuation=a.echo, stats=stats)   # checks before printing
     if a.echo:
         print(model.tokenizer.decode(ids), end="", flush=True)
-    for piece in stream(model, a.prompt[0], a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed, a.stop,
-                        continuation=a.echo, stats=stats):
-        print(piece, end="", flush=True)
-    print(flush=True)
-    print(f"[{stats.summary()}]", file=sys.stderr)
+    try:
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print(flush=True)
+    finally:                                      # Ctrl-C still says how far it got
+        print(f"[{stats.summary()}]", file=sys.stderr)
 
 
-def _generate_batch(a, model) -> None:
+def _generate_batch(a, model, params: SamplingParams) -> None:
     """Several prompts (one batch, Meta's text_completion) or --logprobs: printed when done."""
-    results = text_completion(model, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.top_k, a.seed,
-                              logprobs=a.logprobs, echo=a.echo, stop=a.stop)
+    results = complete(model, [prompt_ids(model, p) for p in a.prompt], params, a.logprobs, a.echo, a.stop)
     for i, (prompt, result) in enumerate(zip(a.prompt, results)):
         if len(results) > 1:
             print(f"=== {i + 1}/{len(results)}: {prompt!r}")
@@ -188,10 +200,10 @@ def _generate_batch(a, model) -> None:
 
 
 def cmd_chat(a) -> None:
-    _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
+    params = _check_generation_args(a)
+    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
     max_seq_len = model.config.max_seq_len
-    room = min(a.max_new_tokens, max_seq_len // 2)        # positions kept free for the answer
+    room = params.new_tokens_within(max_seq_len // 2)     # positions kept free for the answer
     history = [{"role": "system", "content": a.system}] if a.system else []
     interactive = sys.stdin.isatty()
     if interactive:
@@ -209,9 +221,9 @@ def cmd_chat(a) -> None:
         if dropped:
             print(f"[the conversation outgrew the {max_seq_len}-token context: dropped the {dropped} oldest "
                   f"turn(s){', kept the system prompt' if a.system else ''}]", file=sys.stderr)
-        seed = None if a.seed is None else a.seed + turn
-        answer = chat(model, dialog, a.max_new_tokens, a.temperature, a.top_p, a.top_k, seed, a.stop,
-                      on_text=lambda s: print(s, end="", flush=True))
+        turn_params = dataclasses.replace(params, seed=None if params.seed is None else params.seed + turn)
+        answer = chat(model, dialog, stop=a.stop, on_text=lambda s: print(s, end="", flush=True),
+                      **dataclasses.asdict(turn_params))
         print(flush=True)
         history = dialog + [answer]
 
@@ -224,7 +236,7 @@ def cmd_perplexity(a) -> None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LlamaNpError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    model = _load_with_tokenizer(a.model_dir, a.cache_fp32)
+    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
     check_window(model, a.context, a.stride)
     result = perplexity_result(model, text, a.context, a.stride, progress=True)
     print(result.summary())

@@ -19,8 +19,7 @@ class KVCache:
 
     @classmethod
     def allocate(cls, args: ModelArgs, batch_size: int = 1, max_seq_len: int | None = None) -> "KVCache":
-        S = max_seq_len or args.max_seq_len
-        shape = (args.n_layers, batch_size, S, args.n_kv_heads, args.head_dim)
+        shape = (args.n_layers, batch_size, max_seq_len or args.max_seq_len, args.n_kv_heads, args.head_dim)
         return cls(k=np.zeros(shape, np.float32), v=np.zeros(shape, np.float32))
 
     @property

@@ -16,6 +16,12 @@ import numpy as np
 from .kernels import matmul_t
 
 
+def record(trace: dict | None, **arrays: np.ndarray) -> None:
+    """The inspection hook (forward's trace={}): keep a copy of each array under its name."""
+    if trace is not None:
+        trace.update({name: np.array(x, copy=True) for name, x in arrays.items()})
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight.  (..., D) -> (..., D)"""
     assert x.shape[-1] == weight.shape[0], f"rms_norm: x {x.shape} vs weight {weight.shape}"
@@ -32,8 +38,8 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tupl
     """
     assert head_dim % 2 == 0, f"rope_tables: head_dim {head_dim} must be even"
     freqs = (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)  # (HD/2,)
-    positions = np.arange(max_seq_len, dtype=np.float32)                                            # (S,)
-    angles = np.outer(positions, freqs)                                       # (S, HD/2) float32
+    positions = np.arange(max_seq_len, dtype=np.float32)                                  # (max_seq_len,)
+    angles = np.outer(positions, freqs)                                  # (max_seq_len, HD/2) float32
     return np.cos(angles.astype(np.float64)).astype(np.float32), np.sin(angles.astype(np.float64)).astype(np.float32)
 
 
@@ -100,9 +106,7 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndar
     if mask is not None:
         scores += mask                                              # (T, S) broadcast
     probs = softmax(scores, axis=-1)                                # (B, KVH, R, T, S)
-    if trace is not None:
-        trace["scores"] = scores.reshape(B, H, T, S).copy()
-        trace["probs"] = probs.reshape(B, H, T, S).copy()
+    record(trace, scores=scores.reshape(B, H, T, S), probs=probs.reshape(B, H, T, S))
     out = probs.reshape(B, KVH, R * T, S) @ v                       # (B, KVH, R*T, HD)
     return out.reshape(B, KVH, R, T, HD).transpose(0, 3, 1, 2, 4).reshape(B, T, H, HD)  # (B, T, H, HD)
 
@@ -138,6 +142,5 @@ def feed_forward(x: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray,
     gate = silu(linear(x, w1))                                  # (B, T, F)
     up = linear(x, w3)                                          # (B, T, F)
     out = linear(gate * up, w2)                                 # (B, T, D)
-    if trace is not None:
-        trace["ffn_gate"], trace["ffn_up"], trace["ffn_out"] = gate.copy(), up.copy(), out.copy()
+    record(trace, ffn_gate=gate, ffn_up=up, ffn_out=out)
     return out

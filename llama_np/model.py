@@ -20,7 +20,7 @@ from .config import ModelArgs
 from .errors import LlamaNpError
 from .kv_cache import KVCache
 from .kernels import check_matrix, gather_rows
-from .layers import apply_rope, attention, causal_mask, feed_forward, linear, rms_norm, rope_tables
+from .layers import apply_rope, attention, causal_mask, feed_forward, linear, record, rms_norm, rope_tables
 from .precision import working_weights
 from .spec import tensor_specs
 from .tokenizer import Tokenizer
@@ -38,11 +38,9 @@ def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, si
     xq = linear(x, wq).reshape(B, T, H, HD)                     # (B, T, H, HD)
     xk = linear(x, wk).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
     xv = linear(x, wv).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
-    if trace is not None:
-        trace["q"], trace["k"], trace["v"] = xq.copy(), xk.copy(), xv.copy()
+    record(trace, q=xq, k=xk, v=xv)
     xq, xk = apply_rope(xq, cos, sin), apply_rope(xk, cos, sin)  # Meta's interleaved pairs
-    if trace is not None:
-        trace["q_rot"], trace["k_rot"] = xq.copy(), xk.copy()
+    record(trace, q_rot=xq, k_rot=xk)
 
     S = start_pos + T
     cache_k[:B, start_pos:S] = xk
@@ -83,7 +81,7 @@ class Llama:
         self.weights = weights
         self.tokenizer = tokenizer
         self.source = source or {}
-        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)  # (S, HD/2)
+        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)  # (max_seq_len, HD/2)
         if tokenizer is not None and tokenizer.n_words != args.vocab_size:
             raise LlamaNpError(f"tokenizer has {tokenizer.n_words} pieces but the model's vocab_size "
                                f"is {args.vocab_size}")
@@ -123,33 +121,32 @@ class Llama:
         cos = self.rope_cos[start_pos:start_pos + T]                 # (T, HD/2)
         sin = self.rope_sin[start_pos:start_pos + T]                 # (T, HD/2)
         mask = causal_mask(T, start_pos) if T > 1 else None          # (T, S); one query sees everything
-        if trace is not None:
-            trace["tok_embeddings"] = h.copy()
+        record(trace, tok_embeddings=h)
         for i in range(args.n_layers):
             p = f"layers.{i}."
-            lt = {} if trace is not None else None
+            lt = {} if trace is not None else None                       # this layer's trace
             x = rms_norm(h, w[p + "attention_norm.weight"], args.norm_eps)           # (B, T, D)
             attn = attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
                                    w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
                                    cache.k[i], cache.v[i], start_pos, cos, sin, mask, args, lt)  # (B, T, D)
             h = h + attn
-            if lt is not None:
-                lt["attention_norm"], lt["attention_out"], lt["h"] = x.copy(), attn.copy(), h.copy()
+            record(lt, attention_norm=x, attention_out=attn, h=h)
             x = rms_norm(h, w[p + "ffn_norm.weight"], args.norm_eps)                 # (B, T, D)
             h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
                                  w[p + "feed_forward.w3.weight"], lt)
+            record(lt, ffn_norm=x, out=h)
             if lt is not None:
-                lt["ffn_norm"], lt["out"] = x.copy(), h.copy()
-                trace.update({p + k: v for k, v in lt.items()})
+                trace.update({p + name: array for name, array in lt.items()})
         h = rms_norm(h, w["norm.weight"], args.norm_eps)                              # (B, T, D)
         logits = linear(h, w["output.weight"]).astype(np.float32, copy=False)       # (B, T, V)
-        if trace is not None:
-            trace["norm"], trace["logits"] = h.copy(), logits.copy()
+        record(trace, norm=h, logits=logits)
         return logits
 
-    def generate(self, prompt, max_new_tokens: int = 64, **kwargs):
-        """Complete `prompt` (text, or a list of token ids); returns the new text (ids without a tokenizer)."""
-        return generation.generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+    def generate(self, prompt, **kwargs):
+        """Complete `prompt` (text, or a list of token ids); returns the new text (or the new ids).
+        Keyword arguments: the fields of SamplingParams (max_new_tokens, temperature, top_p, top_k,
+        seed), and stop, on_text, stats (generation.generate)."""
+        return generation.generate(self, prompt, **kwargs)
 
     def chat(self, dialog, **kwargs) -> dict:
         """The assistant's answer to a LLaMA 2 chat dialog -> {"role": "assistant", "content": ...}."""

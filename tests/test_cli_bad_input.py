@@ -112,10 +112,10 @@ def test_prompt_longer_than_max_seq_len(model_dir):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--temperature", "-0.5"], "temperature"),
-    (["--top-p", "0"], "top_p"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--top-k", "-3"], "top_k"),
+    (["--temperature", "-0.5"], "--temperature"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "-3"], "--top-k"),
     (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "hot"], "invalid float"),
     (["--frobnicate"], "unrecognized"),

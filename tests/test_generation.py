@@ -10,8 +10,8 @@ import torch
 import llama_np
 from conftest import assert_one_line_error, run_cli
 from llama_np import LlamaNpError
-from llama_np.generation import generate_batch, generate_ids, text_completion
-from llama_np.sampling import sample, top_k_filter, top_p_filter
+from llama_np.generation import generate_batch, text_completion
+from llama_np.sampling import SamplingParams, sample, top_k_filter, top_p_filter
 from reference import hf_llama, hf_logits
 
 PROMPTS = ["Once upon a time", "the sea", "A little robot who lived by the sea looked up at the sky", "hi"]
@@ -43,7 +43,7 @@ def ids_of(model, prompts):
 
 
 def one_by_one(model, prompts, n):
-    return [list(generate_ids(model, p, n, temperature=0.0)) for p in prompts]
+    return [model.generate(p, max_new_tokens=n, temperature=0.0) for p in prompts]
 
 
 def eos_shadowing(model, token):
@@ -61,7 +61,7 @@ def test_batched_greedy_generation_equals_one_by_one(model):
     assert len({len(p) for p in prompts}) == len(prompts)            # all different lengths
     expected = one_by_one(model, prompts, 16)
     assert all(len(e) == 16 for e in expected)
-    got, logprobs = generate_batch(model, prompts, 16, temperature=0.0)
+    got, logprobs = generate_batch(model, prompts, max_new_tokens=16, temperature=0.0)
     assert got == expected and logprobs is None
 
 
@@ -71,16 +71,16 @@ def test_batched_rows_stop_at_their_own_eos_like_one_by_one(model):
     expected = one_by_one(stopper, prompts, 16)
     lengths = [len(e) for e in expected]
     assert min(lengths) < 16 and max(lengths) == 16, lengths          # some rows end early, some run full
-    got, _ = generate_batch(stopper, prompts, 16, temperature=0.0)
+    got, _ = generate_batch(stopper, prompts, max_new_tokens=16, temperature=0.0)
     assert got == expected
 
 
-def test_batch_of_one_samples_the_same_tokens_as_the_streaming_loop(model):
+def test_seeded_sampling_repeats_itself_and_depends_on_the_seed(model):
     [prompt] = ids_of(model, ["Once upon a time"])
-    streamed = list(generate_ids(model, prompt, 20, temperature=0.9, top_p=0.8, top_k=50, seed=11))
-    batched, _ = generate_batch(model, [prompt], 20, temperature=0.9, top_p=0.8, top_k=50, seed=11)
-    assert batched == [streamed]
-    assert streamed != list(generate_ids(model, prompt, 20, temperature=0.9, top_p=0.8, top_k=50, seed=12))
+    sampling = dict(max_new_tokens=20, temperature=0.9, top_p=0.8, top_k=50)
+    first = model.generate(prompt, seed=11, **sampling)
+    assert model.generate(prompt, seed=11, **sampling) == first
+    assert model.generate(prompt, seed=12, **sampling) != first
 
 
 def reference_logprobs(ref, ids):
@@ -92,7 +92,7 @@ def reference_logprobs(ref, ids):
 
 def test_logprobs_with_echo_equal_log_softmax_of_transformers_forward(model, ref):
     prompts = ids_of(model, PROMPTS)
-    tokens, logprobs = generate_batch(model, prompts, 12, temperature=1.0, top_p=0.95, seed=3, logprobs=True, echo=True)
+    tokens, logprobs = generate_batch(model, prompts, max_new_tokens=12, temperature=1.0, top_p=0.95, seed=3, logprobs=True, echo=True)
     for prompt, toks, lps in zip(prompts, tokens, logprobs):
         assert toks[:len(prompt)] == prompt and len(lps) == len(toks) > len(prompt)
         expected, scale = reference_logprobs(ref, toks)
@@ -101,7 +101,7 @@ def test_logprobs_with_echo_equal_log_softmax_of_transformers_forward(model, ref
 
 def test_logprobs_without_echo_cover_the_new_tokens_only(model, ref):
     prompts = ids_of(model, PROMPTS[:2])
-    tokens, logprobs = generate_batch(model, prompts, 8, temperature=0.0, logprobs=True)
+    tokens, logprobs = generate_batch(model, prompts, max_new_tokens=8, temperature=0.0, logprobs=True)
     for prompt, toks, lps in zip(prompts, tokens, logprobs):
         expected, scale = reference_logprobs(ref, prompt + toks)
         assert len(lps) == len(toks) == 8
@@ -110,7 +110,7 @@ def test_logprobs_without_echo_cover_the_new_tokens_only(model, ref):
 
 def test_zero_new_tokens_with_echo_scores_the_prompts(model, ref):
     prompts = ids_of(model, PROMPTS[:3])
-    tokens, logprobs = generate_batch(model, prompts, 0, logprobs=True, echo=True)
+    tokens, logprobs = generate_batch(model, prompts, max_new_tokens=0, logprobs=True, echo=True)
     assert tokens == prompts
     for prompt, lps in zip(prompts, logprobs):
         expected, scale = reference_logprobs(ref, prompt)
@@ -146,8 +146,8 @@ def test_top_p_and_top_k_filters_by_hand():
     np.testing.assert_allclose(top_p_filter(probs, 0.45), [0, 1, 0, 0])       # 0.5 alone already exceeds p
     np.testing.assert_allclose(top_k_filter(probs, 3), [0, 0.5 / 0.95, 0.15 / 0.95, 0.3 / 0.95])
     logits = np.log(probs)
-    assert sample(logits, temperature=0.0) == 1
-    draws = [sample(logits, 1.0, 0.7, 0, np.random.default_rng(s)) for s in range(200)]
+    assert sample(logits, SamplingParams(temperature=0.0), np.random.default_rng(0)) == 1
+    draws = [sample(logits, SamplingParams(temperature=1.0, top_p=0.7), np.random.default_rng(s)) for s in range(200)]
     assert set(draws) == {1, 3}
 
 
@@ -161,7 +161,7 @@ def test_bad_options_raise(model, kwargs):
 def test_prompt_that_fills_the_context_is_refused(model):
     too_long = [1] + [5] * (model.config.max_seq_len - 1)
     with pytest.raises(LlamaNpError, match="no room"):
-        generate_batch(model, [[1, 5], too_long], 4)
+        generate_batch(model, [[1, 5], too_long], max_new_tokens=4)
 
 
 # ---- the CLI
@@ -172,7 +172,7 @@ def test_cli_generate_echo_prints_prompt_then_its_greedy_continuation(model, mod
                 "--echo")
     assert r.returncode == 0, r.stderr
     [prompt] = ids_of(model, ["Once upon a time"])
-    new = list(generate_ids(model, prompt, 10, temperature=0.0))
+    new = model.generate(prompt, max_new_tokens=10, temperature=0.0)
     assert r.stdout == model.tokenizer.decode(prompt + new) + "\n"
     r = run_cli("generate", model_dir, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "10")
     assert r.stdout == model.tokenizer.decode(new) + "\n"                      # without --echo: the new text only

@@ -10,7 +10,6 @@ import torch
 
 import llama_np
 from llama_np.checkpoints.convert import convert
-from llama_np.generation import generate_ids
 from reference import hf_llama, hf_logits, rel_err
 
 TOL = 1e-4
@@ -95,7 +94,7 @@ def greedy_by_recomputation(model, prompt, max_new_tokens):
 
 def test_greedy_from_bos_gives_the_same_ids_through_the_cache_as_by_recomputation(stories):
     model, ref = stories
-    cached = list(generate_ids(model, [BOS], max_new_tokens=64, temperature=0.0))
+    cached = model.generate([BOS], max_new_tokens=64, temperature=0.0)
     assert len(cached) > 20
     assert cached == greedy_by_recomputation(model, [BOS], 64)
     with torch.no_grad():
@@ -108,5 +107,5 @@ def test_greedy_after_a_prefilled_prompt_matches_recomputation(stories):
     """The prompt goes through the cache in one prefill call, then one token per call."""
     model, _ = stories
     prompt = token_ids(9, seed=2)[0].tolist()
-    cached = list(generate_ids(model, prompt, max_new_tokens=40, temperature=0.0))
+    cached = model.generate(prompt, max_new_tokens=40, temperature=0.0)
     assert cached == greedy_by_recomputation(model, prompt, 40)

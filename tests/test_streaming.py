@@ -6,7 +6,8 @@ import sentencepiece as spm
 import llama_np
 from conftest import run_cli, shared_model
 from llama_np import Tokenizer
-from llama_np.generation import StopText, TextStream, generate_ids, stream
+from llama_np.generation import stream
+from llama_np.text import StopText, TextStream
 
 TEXTS = ["Hello world", " leading space", "   three leading spaces and trailing  ", "café crème brûlée, naïve Zoë",
          "emoji 😀 and a family 👨‍👩‍👧 and a thumbs up 👍🏽!", "日本語のテキスト、中文文本，한국어 텍스트",
@@ -121,18 +122,18 @@ def test_stream_from_the_model_continues_the_prompt(model_dir):
     model = llama_np.load(model_dir)
     prompt = "Once upon a time"
     ids = model.tokenizer.encode(prompt, bos=True)
-    new = list(generate_ids(model, ids, 30, temperature=0.0))
-    pieces = list(stream(model, prompt, 30, temperature=0.0))
+    new = model.generate(ids, max_new_tokens=30, temperature=0.0)
+    pieces = list(stream(model, prompt, max_new_tokens=30, temperature=0.0))
     assert model.tokenizer.decode(ids) + "".join(pieces) == model.tokenizer.decode(ids + new)
-    assert "".join(stream(model, prompt, 30, temperature=0.0, continuation=False)) == model.tokenizer.decode(new)
+    assert "".join(stream(model, prompt, max_new_tokens=30, temperature=0.0, continuation=False)) == model.tokenizer.decode(new)
     assert model.generate(prompt, max_new_tokens=30, temperature=0.0) == "".join(pieces)
 
 
 def test_stream_from_the_model_ends_before_the_stop_text(model_dir):
     model = llama_np.load(model_dir)
-    full = "".join(stream(model, "the sea", 30, temperature=0.0))
+    full = "".join(stream(model, "the sea", max_new_tokens=30, temperature=0.0))
     stop = full[8:11]
-    assert "".join(stream(model, "the sea", 30, temperature=0.0, stop=[stop])) == full[:full.find(stop)]
+    assert "".join(stream(model, "the sea", max_new_tokens=30, temperature=0.0, stop=[stop])) == full[:full.find(stop)]
     r = run_cli("generate", model_dir, "--prompt", "the sea", "--temperature", "0", "--max-new-tokens", "30",
                 "--stop", stop, "--echo")
     assert r.returncode == 0, r.stderr
