@@ -55,3 +55,11 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.stderr
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory) -> Path:
+    """The demo's random-weight LLaMA (dim 64, 2 layers, GQA 4/2, a trained 320-piece tokenizer), built once."""
+    from llama_np.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("random-model") / "model", seed=7)
