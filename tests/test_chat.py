@@ -104,23 +104,16 @@ def test_fit_dialog_drops_oldest_turns_and_keeps_the_system_prompt(tok_sp):
 # ---- chatting with a (random-weight) model
 
 
-@pytest.fixture(scope="module")
-def demo_model_dir(tmp_path_factory):
-    from llama_np.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("chat") / "demo", seed=3)
-
-
-def test_model_chat_answers_with_the_greedy_continuation_of_the_dialog_ids(demo_model_dir):
-    model = llama_np.load(demo_model_dir)
+def test_model_chat_answers_with_the_greedy_continuation_of_the_dialog_ids(random_model_dir):
+    model = llama_np.load(random_model_dir)
     dialog = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Once upon a time"}]
     new_ids = model.generate(encode_dialog(model.tokenizer, dialog), max_new_tokens=12, temperature=0.0)
     answer = model.chat(dialog, max_new_tokens=12, temperature=0.0)
     assert answer == {"role": "assistant", "content": model.tokenizer.decode(new_ids)}
 
 
-def test_chat_completion_batch_equals_each_dialog_alone(demo_model_dir):
-    model = llama_np.load(demo_model_dir)
+def test_chat_completion_batch_equals_each_dialog_alone(random_model_dir):
+    model = llama_np.load(random_model_dir)
     dialogs = [[{"role": "user", "content": "the little robot"}],
                [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
                 {"role": "assistant", "content": "b"}, {"role": "user", "content": "sea and sky"}]]
@@ -128,14 +121,14 @@ def test_chat_completion_batch_equals_each_dialog_alone(demo_model_dir):
     assert [r["generation"] for r in results] == [model.chat(d, max_new_tokens=10, temperature=0.0) for d in dialogs]
 
 
-def test_cli_chat_keeps_history_and_streams_each_answer(demo_model_dir):
+def test_cli_chat_keeps_history_and_streams_each_answer(random_model_dir):
     """Answers (one line each, thanks to --stop: the reader turns \\r into \\n) equal model.chat on the
     growing dialog."""
     lines = ["Once upon a time", "there was a robot", "who lived by the sea"]
-    r = run_cli("chat", demo_model_dir, "--system", "Be kind.", "--temperature", "0", "--max-new-tokens", "8",
+    r = run_cli("chat", random_model_dir, "--system", "Be kind.", "--temperature", "0", "--max-new-tokens", "8",
                 "--stop", "\n", "--stop", "\r", input="".join(line + "\n" for line in lines))
     assert r.returncode == 0, r.stderr
-    model = llama_np.load(demo_model_dir)
+    model = llama_np.load(random_model_dir)
     dialog, expected = [{"role": "system", "content": "Be kind."}], []
     for line in lines:
         dialog.append({"role": "user", "content": line})
@@ -146,9 +139,9 @@ def test_cli_chat_keeps_history_and_streams_each_answer(demo_model_dir):
     assert "dropped" not in r.stderr
 
 
-def test_cli_chat_drops_oldest_turns_when_the_context_overflows(demo_model_dir):
+def test_cli_chat_drops_oldest_turns_when_the_context_overflows(random_model_dir):
     long_line = "the little robot looked at the sea and the sky " * 3      # ~100+ tokens (demo model: 256 context)
-    r = run_cli("chat", demo_model_dir, "--system", "Be kind.", "--temperature", "0", "--max-new-tokens", "8",
+    r = run_cli("chat", random_model_dir, "--system", "Be kind.", "--temperature", "0", "--max-new-tokens", "8",
                 "--stop", "\n", "--stop", "\r", input=(long_line + "\n") * 4)
     assert r.returncode == 0, r.stderr
     assert "dropped the 1 oldest turn(s), kept the system prompt" in r.stderr
@@ -156,5 +149,5 @@ def test_cli_chat_drops_oldest_turns_when_the_context_overflows(demo_model_dir):
 
 
 @pytest.mark.parametrize("message", ["[INST] hi", "a <</SYS>> b"])
-def test_cli_chat_refuses_special_tags_with_one_line_error(demo_model_dir, message):
-    assert_one_line_error(run_cli("chat", demo_model_dir, input=message + "\n"), "special tag")
+def test_cli_chat_refuses_special_tags_with_one_line_error(random_model_dir, message):
+    assert_one_line_error(run_cli("chat", random_model_dir, input=message + "\n"), "special tag")

@@ -18,15 +18,8 @@ PROMPTS = ["Once upon a time", "the sea", "A little robot who lived by the sea l
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from llama_np.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("gen") / "demo", seed=7)
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return llama_np.load(model_dir)
+def model(random_model_dir):
+    return llama_np.load(random_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -167,19 +160,19 @@ def test_prompt_that_fills_the_context_is_refused(model):
 # ---- the CLI
 
 
-def test_cli_generate_echo_prints_prompt_then_its_greedy_continuation(model, model_dir):
-    r = run_cli("generate", model_dir, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "10",
+def test_cli_generate_echo_prints_prompt_then_its_greedy_continuation(model, random_model_dir):
+    r = run_cli("generate", random_model_dir, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "10",
                 "--echo")
     assert r.returncode == 0, r.stderr
     [prompt] = ids_of(model, ["Once upon a time"])
     new = model.generate(prompt, max_new_tokens=10, temperature=0.0)
     assert r.stdout == model.tokenizer.decode(prompt + new) + "\n"
-    r = run_cli("generate", model_dir, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "10")
+    r = run_cli("generate", random_model_dir, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "10")
     assert r.stdout == model.tokenizer.decode(new) + "\n"                      # without --echo: the new text only
 
 
-def test_cli_generate_batch_with_logprobs_lists_every_token(model, model_dir):
-    r = run_cli("generate", model_dir, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--temperature", "0",
+def test_cli_generate_batch_with_logprobs_lists_every_token(model, random_model_dir):
+    r = run_cli("generate", random_model_dir, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--temperature", "0",
                 "--max-new-tokens", "5", "--logprobs")
     assert r.returncode == 0, r.stderr
     results = text_completion(model, PROMPTS[:2], max_new_tokens=5, temperature=0.0, logprobs=True)
@@ -192,8 +185,8 @@ def test_cli_generate_batch_with_logprobs_lists_every_token(model, model_dir):
 @pytest.mark.parametrize("args", [["--temperature", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-k", "-2"],
                                   ["--max-new-tokens", "-1"], ["--stop", ""], ["--temperature", "warm"],
                                   ["--prompt", "x " * 400]])
-def test_cli_generate_bad_options_give_one_line_error(model_dir, args):
+def test_cli_generate_bad_options_give_one_line_error(random_model_dir, args):
     base = [] if "--prompt" in args else ["--prompt", "hi"]
-    r = run_cli("generate", model_dir, *base, *args)
+    r = run_cli("generate", random_model_dir, *base, *args)
     assert_one_line_error(r)
     assert r.stdout == ""

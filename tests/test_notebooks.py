@@ -46,11 +46,9 @@ async def execute(name: str, model_dir, limit: asyncio.Semaphore):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(random_model_dir):
     """(notebook, "default" | "demo" | "model_dir") -> executed notebook or error text."""
-    from llama_np.demo import build_demo_model
-
-    own = build_demo_model(tmp_path_factory.mktemp("nb") / "my-model", seed=3)
+    own = random_model_dir
     jobs = {(n, "default"): None for n in ALL}
     if STORIES260K.exists():                        # otherwise "default" already is the demo model
         jobs.update({(n, "demo"): "demo" for n in USES_A_MODEL})

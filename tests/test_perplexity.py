@@ -17,15 +17,8 @@ TEXT = ("Once upon a time there was a little robot who lived by the sea. Every m
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from llama_np.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("ppl") / "demo", seed=9)
-
-
-@pytest.fixture(scope="module")
-def pair(model_dir):
-    model = llama_np.load(model_dir)
+def pair(random_model_dir):
+    model = llama_np.load(random_model_dir)
     c = model.config
     weights = {n: torch.from_numpy(np.asarray(w, dtype=np.float32)) for n, w in model.weights.items()}
     ref = hf_llama(weights, dim=c.dim, n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
@@ -85,10 +78,10 @@ def test_bad_windows_are_refused(pair, kwargs):
         llama_np.perplexity(pair[0], TEXT, **kwargs)
 
 
-def test_cli_perplexity_reports_the_same_number_and_a_rate(pair, model_dir, tmp_path):
+def test_cli_perplexity_reports_the_same_number_and_a_rate(pair, random_model_dir, tmp_path):
     f = tmp_path / "text.txt"
     f.write_text(TEXT, encoding="utf-8")
-    r = run_cli("perplexity", model_dir, f, "--context", "32", "--stride", "12")
+    r = run_cli("perplexity", random_model_dir, f, "--context", "32", "--stride", "12")
     assert r.returncode == 0, r.stderr
     expected = perplexity_result(pair[0], TEXT, 32, 12)
     assert f"perplexity {expected.perplexity:.4f}" in r.stdout
@@ -96,9 +89,9 @@ def test_cli_perplexity_reports_the_same_number_and_a_rate(pair, model_dir, tmp_
 
 
 @pytest.mark.parametrize("case", ["missing", "not_utf8", "stride_too_big", "context_too_big"])
-def test_cli_perplexity_bad_input_gives_one_line_error(model_dir, tmp_path, case):
+def test_cli_perplexity_bad_input_gives_one_line_error(random_model_dir, tmp_path, case):
     f = tmp_path / "t.txt"
     f.write_bytes(b"caf\xe9 latin-1" if case == "not_utf8" else TEXT.encode())
     args = {"missing": [tmp_path / "nope.txt"], "not_utf8": [f], "stride_too_big": [f, "--context", "8", "--stride", "8"],
             "context_too_big": [f, "--context", "100000"]}[case]
-    assert_one_line_error(run_cli("perplexity", model_dir, *args))
+    assert_one_line_error(run_cli("perplexity", random_model_dir, *args))

@@ -111,15 +111,8 @@ def test_earliest_of_several_stops_wins():
 # ---- end to end with a model
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from llama_np.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("stream") / "demo", seed=5)
-
-
-def test_stream_from_the_model_continues_the_prompt(model_dir):
-    model = llama_np.load(model_dir)
+def test_stream_from_the_model_continues_the_prompt(random_model_dir):
+    model = llama_np.load(random_model_dir)
     prompt = "Once upon a time"
     ids = model.tokenizer.encode(prompt, bos=True)
     new = model.generate(ids, max_new_tokens=30, temperature=0.0)
@@ -129,12 +122,12 @@ def test_stream_from_the_model_continues_the_prompt(model_dir):
     assert model.generate(prompt, max_new_tokens=30, temperature=0.0) == "".join(pieces)
 
 
-def test_stream_from_the_model_ends_before_the_stop_text(model_dir):
-    model = llama_np.load(model_dir)
+def test_stream_from_the_model_ends_before_the_stop_text(random_model_dir):
+    model = llama_np.load(random_model_dir)
     full = "".join(stream(model, "the sea", max_new_tokens=30, temperature=0.0))
     stop = full[8:11]
     assert "".join(stream(model, "the sea", max_new_tokens=30, temperature=0.0, stop=[stop])) == full[:full.find(stop)]
-    r = run_cli("generate", model_dir, "--prompt", "the sea", "--temperature", "0", "--max-new-tokens", "30",
+    r = run_cli("generate", random_model_dir, "--prompt", "the sea", "--temperature", "0", "--max-new-tokens", "30",
                 "--stop", stop, "--echo")
     assert r.returncode == 0, r.stderr
     assert r.stdout == (model.tokenizer.decode(model.tokenizer.encode("the sea")) + full[:full.find(stop)] + "\n"
