@@ -1,64 +1,64 @@
 """A LLaMA 2 whose weights are written by hand, not trained: it continues text it has seen once.
 
-"... the robot walked to the harbour. The robot walked to the"  ->  " harbour. The robot walked ..."
+    "... The cat sat on the mat. The cat sat on the"  ->  " mat. The cat sat on the mat. ..."
 
 The model is an ordinary LLaMA 2 — embeddings, RMSNorm, rotary embeddings with Meta's interleaved
-pairs, grouped-query attention, SwiGLU, the classifier — in the converted format, loaded and run
-like any other (and by transformers' LlamaForCausalLM). Only its numbers are special: each one
-below comes from a formula, derived in the docstring of the function that writes it.
+pairs, grouped-query attention, SwiGLU, the classifier — written into the converted format, then
+loaded and run like any other (transformers' LlamaForCausalLM runs it too). Only its numbers are
+special: every one comes from a formula, derived in the docstring of the function that writes it.
 
 The circuit (Elhage et al. 2021, Olsson et al. 2022: previous-token heads feeding an induction head)
 
-    layer 0, attention   three PREVIOUS-TOKEN heads, one key/value head shared by three query heads:
-                         head h looks exactly h+1 positions back and copies that token's identity,
-                         so position t now also holds x[t-1], x[t-2], x[t-3] in subspaces of its own
-    layer 0, SwiGLU      one hidden unit: an AND that recognises the start of the text (BOS whose
-                         three predecessors are BOS, which only position 0 sees) and blanks it
-    layer 1, attention   the INDUCTION head: query (x[t], x[t-1], x[t-2]), key at j
-                         (x[j-1], x[j-2], x[j-3]): it attends to the position just after the
-                         earlier occurrence of the last three tokens, and copies the token there
-                         into the subspace the classifier reads; nothing matches -> the blank start
+    layer 0, attention   four PREVIOUS-TOKEN heads on one shared key/value head (GQA): query head
+                         h looks exactly h + 1 positions back and copies that token's identity, so
+                         position t also holds x[t-1], x[t-2], x[t-3], x[t-4]
+    layer 0, SwiGLU      one hidden unit, an AND gate: it recognises the start of the text (BOS
+                         whose four predecessors are BOS, which only position 0 sees) and blanks it
+    layer 1, attention   the INDUCTION head: its query holds x[t], x[t-1], x[t-2], x[t-3], the key
+                         at j holds x[j-1], x[j-2], x[j-3], x[j-4]: it attends to the position just
+                         after the earlier occurrence of the last four tokens and copies the token
+                         there into the subspace the classifier reads; nothing matches -> the blank
     layer 1, SwiGLU      nothing (all zero)
-    classifier           reads the copied token; with nothing copied, end-of-text wins
+    classifier           reads the copied token; when nothing was copied, end-of-text wins
 
-Why three tokens: the demo vocabulary has 320 pieces, so in a few hundred random tokens most
-pieces occur more than once and "the token after the last x[t]" is ambiguous; the three-token
-context almost never repeats by chance (about n^2 / (2 * 320^3) pairs in n tokens). The match is
-lexicographic — current token first, then the one before, then the one before that — so shorter
-matches still work where a longer one does not exist (the first tokens of a repetition).
+Why four tokens: the demo vocabulary has 320 pieces, so in a few hundred random tokens most
+pieces occur more than once and "the token after the last x[t]" is ambiguous, and in English
+text split into such small pieces even three pieces ("▁", "w", "a" of "walked" and "watch")
+recur. The current token must match; then the more of the three before it match, the better,
+so partial matches still work where a full one does not exist (the start of a repetition).
 
-The residual stream (dim D = 3 * head_dim = 852; a token identity is C = 2p = 74 numbers)
+The residual stream (dim D = 4 * head_dim = 1424; a token identity is C = 2p = 74 numbers)
 
     CONST      1 at every position: LLaMA has no biases, so constant queries and keys read this
-    IS_BOS     1 on the BOS token, else 0          NOT_BOS  1 on every other token: every embedding
-                                                   then has the same length (RMSNorm sees no difference)
-    START      2 at position 0 (written by layer 0's SwiGLU), else 0
-    TOKEN[0]   x[t]'s code (the embedding)        TOKEN[k], k = 1, 2, 3: x[t-k]'s code (layer 0)
+    IS_BOS     1 on the BOS token      NOT_BOS  1 on every other token (so every embedding has the
+                                                same length, and RMSNorm treats all alike)
+    START      sqrt(5) at the start of the text (written by layer 0's SwiGLU), else 0
+    TOKEN[0]   x[t]'s code (the embedding)      TOKEN[k], k = 1..4: x[t-k]'s code (layer 0)
     NEXT       the code of the predicted next token (layer 1)
     the rest   zero
 
 Token identities are "chirps" (Alltop 1980): token v = a*p + b is the complex unit vector
 u_v(x) = exp(2 pi i (a x^2 + b x) / p) / sqrt(p), x = 0 .. p-1, with p = 37 prime, its real and
-imaginary parts interleaved like a rotary pair. Two chirps with the same a are exactly orthogonal
+imaginary parts interleaved like rotary pairs. Two chirps with the same a are exactly orthogonal
 (a discrete Fourier basis); with different a, |<u_v, u_w>| = 1/sqrt(p) exactly (a Gauss sum). So
 any two of the 320 codes overlap by at most 1/sqrt(37) = 0.164, every code has length 1, and
-9 bases x 37 = 333 codes fit in 74 numbers — near-orthogonal, with a guaranteed bound instead of
-the luck of random vectors.
+9 bases x 37 = 333 codes fit in 74 numbers: near-orthogonal with a guarantee, not by the luck
+of random vectors.
 
 Rotary embeddings: pair i of a head turns by w_i = rope_theta^(-2i/head_dim) radians per position.
 We choose rope_theta = 2^(head_dim/4), so w_i = 2^(-i/2): pairs 0, 2, 4, ..., 18 turn at 1, 1/2,
-..., 1/512 radians per token — a binary ladder of clocks that tells every distance up to the
-context apart (the previous-token heads live there) — while pairs from 29 on turn by less than
-0.1 radian over the whole 2048-token context: there a dot product is (almost exactly) the dot
-product of the unrotated vectors, which is where the induction head compares token identities.
-(2^71 fits float32, in which Meta's and Hugging Face's code compute the frequencies.)
+..., 1/512 radians per token — a binary ladder of clocks that tells every distance in the context
+apart (the previous-token heads use it) — while pairs from 29 on turn by less than 0.1 radian
+over the whole 2048-token context: there a dot product of rotated vectors is (almost exactly)
+the dot product of the vectors themselves, and the induction head compares token identities
+there. (2^89 fits float32, in which Meta's and Hugging Face's code compute the frequencies.)
 
-RMSNorm: every position's residual vector has a known length (3 after the embedding, 6 after
-layer 0, 7 once NEXT is written), so each norm weight is the constant that undoes the division:
-rms_norm(x) = x (to float16 rounding), and every block reads the residual stream as it is.
+RMSNorm: every position's residual vector has a known length (squared: 3 after the embedding, 7
+after layer 0's heads, 8 once NEXT is written), so each norm weight is the constant that undoes
+the division: rms_norm(x) = x (to float16 rounding), and every block reads the stream as it is.
 
-Scores are in nats (the softmax's logits, after the 1/sqrt(head_dim) of attention): a margin of
-m between the right key and a wrong one gives the wrong one e^-m of the right one's probability.
+Scores are in nats (the softmax's logits, after attention's 1/sqrt(head_dim)): a margin of m
+between the right key and a wrong one gives the wrong one e^-m of the right one's probability.
 """
 from __future__ import annotations
 
@@ -77,18 +77,19 @@ from .weights import write_model_dir
 
 P = 37                              # chirp length (a prime): a token identity is 2P numbers
 MAX_SEQ_LEN = 2048
-N_LAYERS, N_HEADS, N_KV_HEADS = 2, 3, 1
-HIDDEN_DIM = 32                     # SwiGLU width: one unit is used (layer 0's start detector)
-PREVIOUS_TOKEN_HEAD = (0, 0)        # (layer, head): looks 1 back; heads 1 and 2 of layer 0 look 2 and 3 back
-INDUCTION_HEAD = (1, 0)             # heads 1 and 2 of layer 1 are idle (zero query, zero output)
+N_LAYERS, N_HEADS, N_KV_HEADS = 2, 4, 1
+CONTEXT = N_HEADS                   # tokens the induction head matches: x[t] and the 3 before it
+HIDDEN_DIM = 32                     # SwiGLU width; one unit is used (layer 0's start detector)
+PREVIOUS_TOKEN_HEAD = (0, 0)        # (layer, head): head h of layer 0 looks h + 1 positions back
+INDUCTION_HEAD = (1, 0)             # heads 1..3 of layer 1 are idle (zero query, zero output)
 
 POSITION_SCORES = 6.0 * np.array([6, 1, 1, 1, 1, 1, 1, 1, 1, 1])   # nats, on the pairs turning at 2^-k, k = 0..9
-MATCH_SCORES = (32.0, 12.0, 8.0)    # nats: x[t] = x[j-1], x[t-1] = x[j-2], x[t-2] = x[j-3]
-SINK_SCORE = 24.0                   # nats: the blank start, where the induction head looks when nothing matches
+MATCH_SCORES = (40.0, 8.0, 8.0, 8.0)   # nats for x[t-k] = x[j-1-k], k = 0..3
+SINK_SCORE = 32.0                   # nats: the blank start, where the induction head looks when nothing matches
 NEXT_LOGIT = 16.0                   # logit of the copied token
 EOS_LOGIT = 5.0                     # logit of end-of-text, always: it wins when nothing was copied
 START_GAIN = 32.0                   # sharpness of the start detector's gate
-SLOW_TURN = 0.1                     # radians: the most a content pair may turn over the whole context
+SLOW_TURN = 0.1                     # radians: the most a comparing pair may turn over the whole context
 
 
 @dataclass(frozen=True)
@@ -106,50 +107,49 @@ class Layout:
         return N_HEADS * self.head_dim
 
     def token(self, k: int) -> slice:
-        """Residual coordinates of x[t-k]'s code: k = 0 the token itself, 1..3 its predecessors."""
+        """Residual coordinates of x[t-k]'s code: k = 0 the token itself, 1..CONTEXT its predecessors."""
         begin = 4 + k * self.code
         return slice(begin, begin + self.code)
 
     @property
     def next(self) -> slice:
         """Residual coordinates of the predicted next token's code."""
-        return self.token(4)
+        return self.token(CONTEXT + 1)
 
     def position_dims(self, k: int) -> tuple[int, int]:
-        """Head coordinates of the rotary pair 2k, which turns at 2^-k radians per position."""
+        """Head coordinates of rotary pair 2k, which turns at 2^-k radians per position."""
         return 4 * k, 4 * k + 1
 
     def match_dims(self, k: int) -> slice:
         """Head coordinates where the induction head compares x[t-k] (query) with x[j-1-k] (key);
-        k = 0 gets the slowest pairs."""
+        the current token (k = 0) gets the slowest pairs."""
         end = self.head_dim - 2 - k * self.code
         return slice(end - self.code, end)
 
     @property
     def sink_dim(self) -> int:
-        """Head coordinate of the slowest pair's first half: the induction head's constant query
-        meets START here."""
+        """Head coordinate (the slowest pair) where the induction head's constant query meets START."""
         return self.head_dim - 2
 
 
 def make_layout(vocab_size: int, max_seq_len: int = MAX_SEQ_LEN) -> Layout:
-    """The smallest head that holds the position ladder and three token codes in slow pairs.
+    """The smallest head that holds the position ladder and four token codes in slow pairs.
 
     With w_i = 2^(-i/2), pair i turns by at most 2^(-i/2) (max_seq_len - 1) radians; the first pair
     where that is <= SLOW_TURN is i0 = ceil(2 log2((max_seq_len - 1) / SLOW_TURN)) (29 for 2048).
-    The head needs 2 i0 fast coordinates, 3 C for the codes and 2 for the sink pair, rounded up
-    to a multiple of 4 so that rope_theta = 2^(head_dim/4) is a whole power of two.
+    A head needs 2 i0 fast coordinates, CONTEXT codes and 2 for the sink pair, rounded up to a
+    multiple of 4 so that rope_theta = 2^(head_dim/4) is a whole power of two.
     """
     if vocab_size > P * P:
         raise LlamaNpError(f"the hand-written model has {P * P} token codes; a vocabulary of {vocab_size} is too big")
     code = 2 * P
     first_slow_pair = math.ceil(2 * math.log2((max_seq_len - 1) / SLOW_TURN))
-    head_dim = 4 * math.ceil((2 * first_slow_pair + 3 * code + 2) / 4)
+    head_dim = 4 * math.ceil((2 * first_slow_pair + CONTEXT * code + 2) / 4)
     return Layout(vocab_size, code, head_dim, first_slow_pair)
 
 
 def handmade_args(vocab_size: int, max_seq_len: int = MAX_SEQ_LEN) -> ModelArgs:
-    """The model's shape: 2 layers, 3 query heads sharing 1 key/value head, rope_theta 2^(head_dim/4)."""
+    """The model's shape: 2 layers, 4 query heads sharing 1 key/value head, rope_theta 2^(head_dim/4)."""
     lay = make_layout(vocab_size, max_seq_len)
     return ModelArgs(dim=lay.dim, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, vocab_size=vocab_size,
                      hidden_dim=HIDDEN_DIM, norm_eps=1e-5, rope_theta=2.0 ** (lay.head_dim // 4),
@@ -187,19 +187,20 @@ def embedding_weights(lay: Layout, codes: np.ndarray, bos_id: int) -> np.ndarray
 
 
 def previous_token_attention(lay: Layout, args: ModelArgs) -> dict[str, np.ndarray]:
-    """Layer 0: query head h attends to exactly h + 1 positions back and copies that token's code
-    into TOKEN[h + 1]. The one key/value head is shared by the three query heads (GQA).
+    """Layer 0: query head h attends to exactly d = h + 1 positions back and copies that token's
+    code into TOKEN[d]. The four query heads share one key/value head (GQA): same key, same value,
+    they differ only in how far their query is turned.
 
     Key: on each ladder pair 2k (turning at w = 2^-k) the constant (1, 0), read from CONST.
-    Query of head h, offset d = h + 1: on pair 2k, a_k sqrt(head_dim) (cos dw, -sin dw) — the key
-    turned back by d positions, taken from the model's own rotary table at position d. Rotary
-    turns the query at t by t w and the key at j by j w, so the score is
+    Query of head h: on pair 2k, a_k sqrt(head_dim) (cos dw, -sin dw), the key turned back by d
+    positions — taken from the model's own rotary table at position d. Rotary then turns the
+    query at t by t w and the key at j by j w, so the score is
         q.k / sqrt(head_dim) = sum_k a_k cos(w_k (t - j - d)),
     which peaks (sum a_k = 90 nats) exactly at j = t - d. a = 6 (6, 1, ..., 1): the fast pair tells
-    t-d from its neighbours (its 1 - cos 1 = 0.46), the slower ones rule out every far distance; the
-    worst distance up to 2047 still scores 16.6 nats below the peak. Before position d (nothing to
-    look at) the head takes position 0, the closest to its target.
-    Value: the token's code (head coordinates 0..C-1). Output: head h's value -> TOKEN[h + 1].
+    t - d from its neighbours (1 - cos 1 = 0.46 each), the slower ones rule out every far distance:
+    every other distance up to 2047 scores at least 16.6 nats below the peak. Before position d
+    there is nothing that far back, and the head takes position 0, the closest to its target.
+    Value: the token's code (head coordinates 0..C-1). Output: head h's value -> TOKEN[d].
     """
     HD, C, D = lay.head_dim, lay.code, lay.dim
     cos, sin = rope_tables(HD, N_HEADS + 1, args.rope_theta)                  # (N_HEADS + 1, HD/2)
@@ -220,45 +221,46 @@ def previous_token_attention(lay: Layout, args: ModelArgs) -> dict[str, np.ndarr
 def start_detector_ffn(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str, np.ndarray]:
     """Layer 0's SwiGLU, one hidden unit: an AND gate that blanks the start of the text.
 
-    Position 0 of a text that begins with BOS has nothing before it, so all three previous-token
-    heads copied BOS itself: it is the one place where x[t] = x[t-1] = x[t-2] = x[t-3] = BOS.
-        gate  z = A (IS_BOS + <e_BOS, TOKEN[1]> + <e_BOS, TOKEN[2]> + <e_BOS, TOKEN[3]> - 3.5 CONST)
-        up    u = CONST = 1
-    At the start z = A/2 = 16 and silu(16) = 16.0; anywhere else at least one term is missing
-    (a code overlaps e_BOS by at most 0.164), so z <= -0.34 A = -10.7 and silu(z) < 3e-4: off.
-    w2 turns the unit's output silu(z) u into: START += 2, TOKEN[0..3] -= e_BOS (divided by
-    silu(A/2), so that exactly these amounts arrive at the start). Position 0 becomes a blank —
-    no token, no context, only START — of the same squared length as every position (1 + 1 + 2^2
-    = 6): a place for the induction head to look when nothing matches, whose value is nothing.
+    Position 0 of a text that begins with BOS has nothing before it, so all four previous-token
+    heads copied BOS itself: it is the one place where x[t] = x[t-1] = ... = x[t-4] = BOS.
+        gate  z = A (IS_BOS + <e_BOS, TOKEN[1]> + ... + <e_BOS, TOKEN[4]> - 4.5 CONST)
+        up    u = CONST = 1,        hidden = silu(z) u
+    At the start z = A/2 = 16 and silu(16) = 16.0; anywhere else at least one term is missing (a
+    code overlaps e_BOS by at most 0.164), so z <= -0.34 A = -10.7 and silu(z) > -3e-4: off.
+    w2 turns the unit into START += sqrt(5) and TOKEN[0..4] -= e_BOS (divided by silu(A/2), so that
+    exactly these amounts arrive at the start): position 0 becomes a blank — no token, no context,
+    only START — of the same squared length as every other position, 1 + 1 + 5 = 7. The induction
+    head looks there when nothing matches, and its value there is nothing.
     """
     w1, w2, w3 = np.zeros((HIDDEN_DIM, lay.dim)), np.zeros((lay.dim, HIDDEN_DIM)), np.zeros((HIDDEN_DIM, lay.dim))
     if not 0 <= bos_id < lay.vocab_size:
         return {"w1": w1, "w2": w2, "w3": w3}
     bos = codes[bos_id]                                                         # (C,)
-    w1[0, lay.IS_BOS], w1[0, lay.CONST] = START_GAIN, -3.5 * START_GAIN
-    for k in (1, 2, 3):
+    w1[0, lay.IS_BOS], w1[0, lay.CONST] = START_GAIN, -(CONTEXT + 0.5) * START_GAIN
+    for k in range(1, CONTEXT + 1):
         w1[0, lay.token(k)] = START_GAIN * bos
     w3[0, lay.CONST] = 1.0
     on = START_GAIN / 2 / (1 + np.exp(-START_GAIN / 2))                        # silu(A/2)
-    w2[lay.START, 0] = 2.0 / on
-    for k in range(4):
+    w2[lay.START, 0] = np.sqrt(CONTEXT + 1) / on
+    for k in range(CONTEXT + 1):
         w2[lay.token(k), 0] = -bos / on
     return {"w1": w1, "w2": w2, "w3": w3}
 
 
 def induction_attention(lay: Layout) -> dict[str, np.ndarray]:
     """Layer 1: the induction head (query head 0) attends to the position after the earlier
-    occurrence of the last three tokens and copies the token found there into NEXT.
+    occurrence of the last four tokens and copies the token found there into NEXT.
 
-    Key at j (slow pairs, where rotation is negligible): x[j-1], x[j-2], x[j-3] (TOKEN[1..3]) in
-    the three match slots, START / 2 on the sink pair. Query at t: 32 x[t], 12 x[t-1], 8 x[t-2]
-    (TOKEN[0..2]) times sqrt(head_dim) in the same slots, 24 sqrt(head_dim) from CONST on the sink.
-    So the score of key j is 32 [x[t] = x[j-1]] + 12 [x[t-1] = x[j-2]] + 8 [x[t-2] = x[j-3]],
-    or 24 at the blank start; codes that differ add at most 0.164 (32 + 12 + 8) = 8.5.
-    Lexicographic: all three (52) beat the best two (44) by 8 nats, the current token alone (32)
-    beats the blank start (24) by 8, which beats any key without the current token (at most 20,
-    or 8.5 by code overlap) by 4 to 15. Value: the token's code at j (0 at the blank start).
-    Output: head 0's value -> NEXT. Heads 1 and 2 have zero queries and zero outputs: idle.
+    Key at j, in slow pairs (rotation negligible): x[j-1-k] (TOKEN[k+1]) in match slot k, k = 0..3,
+    and START / sqrt(5) on the sink pair. Query at t: s_k sqrt(head_dim) x[t-k] (TOKEN[k]) in match
+    slot k, with s = (40, 8, 8, 8), and 32 sqrt(head_dim) from CONST on the sink pair. So key j
+    scores 40 [x[t] = x[j-1]] + 8 [x[t-1] = x[j-2]] + 8 [x[t-2] = x[j-3]] + 8 [x[t-3] = x[j-4]],
+    or 32 at the blank start; a slot whose codes differ adds at most 0.164 of its weight.
+    Every step is 8 nats: all four (64) beat any three of them (at most 56 + 1.3), the current
+    token alone (40, at worst 36 by overlaps) beats the blank start (32), which beats every key
+    without the current token (at most 24, plus up to 6.6 by overlap). Value: the token's code at
+    j (nothing at the blank start). Output: head 0's value -> NEXT. Heads 1.. have zero queries
+    and zero outputs: idle.
     """
     HD, C, D = lay.head_dim, lay.code, lay.dim
     wq, wk = np.zeros((N_HEADS * HD, D)), np.zeros((N_KV_HEADS * HD, D))
@@ -267,15 +269,15 @@ def induction_attention(lay: Layout) -> dict[str, np.ndarray]:
         wq[lay.match_dims(k), lay.token(k)] = score * np.sqrt(HD) * np.eye(C)
         wk[lay.match_dims(k), lay.token(k + 1)] = np.eye(C)
     wq[lay.sink_dim, lay.CONST] = SINK_SCORE * np.sqrt(HD)
-    wk[lay.sink_dim, lay.START] = 0.5
+    wk[lay.sink_dim, lay.START] = 1 / np.sqrt(CONTEXT + 1)
     wv[:C, lay.token(0)] = np.eye(C)
     wo[lay.next, :C] = np.eye(C)
     return {"wq": wq, "wk": wk, "wv": wv, "wo": wo}
 
 
 def output_weights(lay: Layout, codes: np.ndarray, eos_id: int) -> np.ndarray:
-    """output (V, D): logit_v = 16 <code_v, NEXT> (+ 5 for end-of-text, from CONST). A copied token
-    scores 16, every other at most 16 x 0.164 = 2.6 (end-of-text 7.6); with nothing copied
+    """output (V, D): logit_v = 16 <code_v, NEXT>, + 5 for end-of-text (from CONST). A copied token
+    scores 16, every other at most 16 x 0.164 = 2.6 (end-of-text at most 7.6); with nothing copied
     (NEXT = 0) end-of-text's 5 wins."""
     out = np.zeros((lay.vocab_size, lay.dim))
     out[:, lay.next] = NEXT_LOGIT * codes
@@ -292,13 +294,13 @@ def handmade_weights(args: ModelArgs, bos_id: int, eos_id: int) -> dict[str, np.
     w["tok_embeddings.weight"] = embedding_weights(lay, codes, bos_id)
     blocks = {0: (previous_token_attention(lay, args), start_detector_ffn(lay, codes, bos_id)),
               1: (induction_attention(lay), {})}
-    lengths = {0: (3, 6), 1: (6, 7)}                 # squared length of the residual at each norm
+    lengths = {0: (3, 3 + CONTEXT), 1: (3 + CONTEXT, 4 + CONTEXT)}   # squared length of the stream at each norm
     for i, (attention, ffn) in blocks.items():
         w.update({f"layers.{i}.attention.{n}.weight": m for n, m in attention.items()})
         w.update({f"layers.{i}.feed_forward.{n}.weight": m for n, m in ffn.items()})
         w[f"layers.{i}.attention_norm.weight"] = norm_gain(args, lengths[i][0])
         w[f"layers.{i}.ffn_norm.weight"] = norm_gain(args, lengths[i][1])
-    w["norm.weight"] = norm_gain(args, 7)
+    w["norm.weight"] = norm_gain(args, 4 + CONTEXT)
     w["output.weight"] = output_weights(lay, codes, eos_id)
     return w
 
