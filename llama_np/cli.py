@@ -84,6 +84,11 @@ Messages can also be piped in, one per line:
 When the conversation outgrows the context, the oldest turns are dropped (the system prompt is
 kept) and a note says so on stderr."""
 
+DEMO_EPILOG = """The model's weights are written by formula, not trained (llama_np/handmade.py): it continues
+text it has already seen in the prompt, and ends the text when nothing earlier matches. Try:
+  llama-np demo --prompt "My name is Bob and I like cats. My name is"
+Greedy decoding; text the 320-piece vocabulary cannot spell is encoded byte by byte."""
+
 PERPLEXITY_EPILOG = """example:
   llama-np perplexity llama-2-7b-np wiki.test.raw --context 1024 --stride 512
 Each token is scored once, with up to CONTEXT-1 tokens before it (sliding windows, as in
@@ -131,10 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens between window starts, in [1, context-1] (default: context/2)")
     _add_precision_arg(p)
 
-    p = sub.add_parser("demo", help="build a tiny random-weight model and generate from it (no download)")
-    p.add_argument("--prompt", default="Once upon a time")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="a LLaMA 2 written by hand continues a passage it has seen (no download)",
+                       epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default=None,
+                   help="your own text to continue (default: the example, a passage and then its first words again)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="at most this many new tokens (default: the rest of the example's passage, or 40)")
 
     p = sub.add_parser("compare", help="our forward pass beside a PyTorch reference, per layer and component "
                                        "(needs torch)")
@@ -243,7 +250,7 @@ def cmd_perplexity(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    run_demo(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed)
+    run_demo(prompt=a.prompt, max_new_tokens=a.max_new_tokens)
 
 
 def cmd_compare(a) -> None:

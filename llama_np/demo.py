@@ -1,8 +1,11 @@
-"""`llama-np demo`: a tiny LLaMA-2-shaped model with random weights, built and run in seconds.
+"""`llama-np demo`: a LLaMA 2 written by hand continues a passage it has seen once, in about a second.
 
-Nothing is downloaded: the tokenizer is trained on a paragraph of text the package carries, the
-weights are random numbers written in the converted format, and the model is then loaded and run
-exactly as a real converted model would be.
+Nothing is downloaded: the tokenizer is trained on a page of text the package carries, the weights
+are written by formula (handmade.py derives every one), and the model is written in the converted
+format, loaded and run exactly as a converted Meta model would be.
+
+`build_demo_model` writes a model of the same kind of shape with random weights: the tests use it
+where any LLaMA will do.
 """
 from __future__ import annotations
 
@@ -15,13 +18,20 @@ import numpy as np
 import sentencepiece as spm
 
 from .config import ModelArgs, llama_hidden_dim
-from .generation import GenerationStats
+from .errors import LlamaNpError
+from .generation import GenerationStats, check_prompts
+from .handmade import write_handmade_model
 from .model import load
 from .spec import expected_shapes
 from .tokenizer import Tokenizer
 from .weights import TOKENIZER_FILE, write_model_dir
 
 DEMO_TEXT = Path(__file__).parent / "data" / "demo.txt"
+EXAMPLE_PASSAGE = "The cat sat on the mat and looked at the little robot."
+EXAMPLE_REPEAT = "The cat sat on the"         # the passage's first words again: the model goes on from here
+NEW_TOKENS_FOR_OWN_PROMPT = 40
+HOW = ("How it does it: layer 0's four previous-token heads copy the four tokens before each position into it; "
+       "layer 1's induction head finds where the last four tokens occurred before and copies the token that followed.")
 
 
 def train_demo_tokenizer(path: Path, vocab_size: int = 320) -> None:
@@ -35,8 +45,16 @@ def train_demo_tokenizer(path: Path, vocab_size: int = 320) -> None:
     path.write_bytes(model.getvalue())
 
 
+def build_handmade_model(out_dir, progress: bool = False) -> Path:
+    """Write the hand-written model (handmade.py) with the demo tokenizer, as a converted model directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_path = Path(tmp) / TOKENIZER_FILE
+        train_demo_tokenizer(tok_path)
+        return write_handmade_model(out_dir, tok_path, progress)
+
+
 def build_demo_model(out_dir, seed: int = 0, progress: bool = False) -> Path:
-    """Write a random-weight model (dim 64, 2 layers, GQA 4/2 heads) with a trained tokenizer."""
+    """Write a random-weight model (dim 64, 2 layers, GQA 4/2 heads) with the demo tokenizer: for tests."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = Path(tmp) / TOKENIZER_FILE
@@ -57,26 +75,46 @@ def build_demo_model(out_dir, seed: int = 0, progress: bool = False) -> Path:
                                tok_path, progress)
 
 
-def run_demo(prompt: str = "Once upon a time", max_new_tokens: int = 40, seed: int = 0) -> None:
+def example() -> tuple[str, str]:
+    """(the demo's prompt, the continuation that completes its repetition)."""
+    return f"{EXAMPLE_PASSAGE} {EXAMPLE_REPEAT}", EXAMPLE_PASSAGE[len(EXAMPLE_REPEAT):]
+
+
+def new_tokens_to_complete(tokenizer, prompt: str, continuation: str) -> int:
+    """How many tokens the continuation takes after the prompt (it starts with a space: a word
+    boundary, where SentencePiece's pieces never straddle)."""
+    return len(tokenizer.encode(prompt + continuation)) - len(tokenizer.encode(prompt))
+
+
+def run_demo(prompt: str | None = None, max_new_tokens: int | None = None) -> None:
+    """Build the hand-written model, then continue `prompt` (default: the example) greedily, streaming it."""
+    if prompt is not None and not prompt.strip():
+        raise LlamaNpError("--prompt is empty: give the model some text to continue")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise LlamaNpError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     say = lambda s: print(s, file=sys.stderr)
-    say("llama-np demo: a tiny LLaMA-2-shaped model with RANDOM weights (nothing was downloaded).")
-    say("Its output is gibberish by design; it shows the machinery, not a trained model.")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_demo_model(Path(tmp) / "demo-model", seed=seed)
-        model = load(model_dir)
-        a = model.config
-        say(f"1. trained a {a.vocab_size}-piece SentencePiece tokenizer on the text in {DEMO_TEXT.name}")
-        say(f"2. wrote random weights in the converted format: dim={a.dim} n_layers={a.n_layers} "
-            f"n_heads={a.n_heads} n_kv_heads={a.n_kv_heads} hidden_dim={a.hidden_dim}")
-        say(f"3. loaded it (memory-mapped float16) and prompt {prompt!r} -> ids "
-            f"{model.tokenizer.encode(prompt)}")
-        say(f"4. generating {max_new_tokens} tokens (temperature 0.8, top-p 0.9, seed {seed}):\n")
+        model = load(build_handmade_model(Path(tmp) / "handmade"))
+        a, tok = model.config, model.tokenizer
+        text, expected = (prompt, None) if prompt is not None else example()
+        ids = tok.encode(text)
+        check_prompts(model, [ids])                              # too long: refused before anything is printed
+        if max_new_tokens is None:
+            max_new_tokens = NEW_TOKENS_FOR_OWN_PROMPT if expected is None else new_tokens_to_complete(tok, text, expected)
+        say("llama-np demo: a LLaMA 2 whose weights were written by hand, not trained (nothing was downloaded).")
+        say(f"model: dim {a.dim}, {a.n_layers} layers, {a.n_heads} query heads sharing {a.n_kv_heads} key/value head, "
+            f"head_dim {a.head_dim}, rope_theta 2^{round(np.log2(a.rope_theta))}, a {a.vocab_size}-piece tokenizer "
+            f"trained on {DEMO_TEXT.name}; every weight is derived in llama_np/handmade.py")
+        say(f"prompt ({len(ids)} tokens{', a passage and then its first words again' if expected else ''}), "
+            f"then up to {max_new_tokens} tokens of greedy continuation:\n")
         stats = GenerationStats()
-        print(prompt, end="", flush=True)
-        model.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9, seed=seed,
-                       on_text=lambda s: print(s, end="", flush=True), stats=stats)
+        print(text, end="", flush=True)
+        model.generate(text, max_new_tokens=max_new_tokens, temperature=0.0, stats=stats,
+                       on_text=lambda s: print(s, end="", flush=True))
         print(flush=True)
-        say(f"\n[{stats.summary()}]")
+        if stats.new_tokens < min(max_new_tokens, a.max_seq_len - len(ids)):
+            say("[end of text: nothing earlier in the prompt matched, so the model had nothing to copy]")
+        say(f"\n{HOW}\n[{stats.summary()}]")
     say("\nTo run a real model: convert Meta's LLaMA 2 weights (or karpathy's tinyllamas) once with\n"
         "  llama-np convert path/to/llama-2-7b llama-2-7b-np\n"
         "then generate with\n"
