@@ -240,7 +240,8 @@ def start_detector_ffn(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str,
     for k in range(1, CONTEXT + 1):
         w1[0, lay.token(k)] = START_GAIN * bos
     w3[0, lay.CONST] = 1.0
-    on = START_GAIN / 2 / (1 + np.exp(-START_GAIN / 2))                        # silu(A/2)
+    z = START_GAIN * (1 + CONTEXT * bos @ bos - (CONTEXT + 0.5))               # the gate at the start: A/2
+    on = z / (1 + np.exp(-z))                                                   # silu(A/2)
     w2[lay.START, 0] = np.sqrt(CONTEXT + 1) / on
     for k in range(CONTEXT + 1):
         w2[lay.token(k), 0] = -bos / on
@@ -287,9 +288,11 @@ def output_weights(lay: Layout, codes: np.ndarray, eos_id: int) -> np.ndarray:
 
 
 def handmade_weights(args: ModelArgs, bos_id: int, eos_id: int) -> dict[str, np.ndarray]:
-    """Every tensor of the model (Meta's names) from the formulas above; all that is not written is zero."""
+    """Every tensor of the model (Meta's names) from the formulas above; all that is not written is zero.
+    The codes are rounded to float16 first, as the file stores them, so that the start detector's
+    amounts are computed with the very numbers the model will multiply."""
     lay = make_layout(args.vocab_size, args.max_seq_len)
-    codes = chirp_codes(args.vocab_size)
+    codes = chirp_codes(args.vocab_size).astype(np.float16).astype(np.float64)   # as the file will store them
     w = {name: np.zeros(shape) for name, shape in expected_shapes(args).items()}
     w["tok_embeddings.weight"] = embedding_weights(lay, codes, bos_id)
     blocks = {0: (previous_token_attention(lay, args), start_detector_ffn(lay, codes, bos_id)),

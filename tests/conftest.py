@@ -59,7 +59,16 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory) -> Path:
-    """The demo's random-weight LLaMA (dim 64, 2 layers, GQA 4/2, a trained 320-piece tokenizer), built once."""
+    """A random-weight LLaMA (demo.build_demo_model: dim 64, 2 layers, GQA 4/2, the demo's 320-piece tokenizer),
+    built once: for tests where any LLaMA will do."""
     from llama_np.demo import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("random-model") / "model", seed=7)
+
+
+@pytest.fixture(scope="session")
+def handmade_model_dir(tmp_path_factory) -> Path:
+    """The hand-written LLaMA of `llama-np demo` (llama_np/handmade.py, the demo tokenizer), built once."""
+    from llama_np.demo import build_handmade_model
+
+    return build_handmade_model(tmp_path_factory.mktemp("handmade") / "model")
