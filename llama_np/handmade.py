@@ -88,7 +88,7 @@ MATCH_SCORES = (40.0, 8.0, 8.0, 8.0)   # nats for x[t-k] = x[j-1-k], k = 0..3
 SINK_SCORE = 32.0                   # nats: the blank start, where the induction head looks when nothing matches
 NEXT_LOGIT = 16.0                   # logit of the copied token
 EOS_LOGIT = 5.0                     # logit of end-of-text, always: it wins when nothing was copied
-START_GAIN = 32.0                   # sharpness of the start detector's gate
+START_GAIN = 16.0                   # sharpness of the start detector's gate
 SLOW_TURN = 0.1                     # radians: the most a comparing pair may turn over the whole context
 
 
@@ -225,8 +225,9 @@ def start_detector_ffn(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str,
     heads copied BOS itself: it is the one place where x[t] = x[t-1] = ... = x[t-4] = BOS.
         gate  z = A (IS_BOS + <e_BOS, TOKEN[1]> + ... + <e_BOS, TOKEN[4]> - 4.5 CONST)
         up    u = CONST = 1,        hidden = silu(z) u
-    At the start z = A/2 = 16 and silu(16) = 16.0; anywhere else at least one term is missing (a
-    code overlaps e_BOS by at most 0.164), so z <= -0.34 A = -10.7 and silu(z) > -3e-4: off.
+    At the start z = A/2 = 8 and silu(8) = 7.997; anywhere else at least one term is missing (a
+    code overlaps e_BOS by at most 0.164), so z <= -0.34 A = -5.4 and |silu(z)| < 0.025 — 0.3% of
+    the start's, and that only for a BOS after three BOS; after a BOS in ordinary text z < -40.
     w2 turns the unit into START += sqrt(5) and TOKEN[0..4] -= e_BOS (divided by silu(A/2), so that
     exactly these amounts arrive at the start): position 0 becomes a blank — no token, no context,
     only START — of the same squared length as every other position, 1 + 1 + 5 = 7. The induction

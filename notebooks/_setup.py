@@ -1,10 +1,13 @@
 """Which model the notebooks run on, chosen the same way in every notebook.
 
     load_model(MODEL_DIR)   MODEL_DIR (the notebook's variable), else the environment variable
-                            MODEL_DIR, names a converted model directory (real LLaMA 2 weights
-                            included) -- or the word "demo" to force the demo model;
-                            else the real trained stories260K from ../shared/models when present;
-                            else the demo model (random weights, built in a second, no download).
+                            MODEL_DIR: a converted model directory (real LLaMA 2 weights included),
+                            or the word "stories260K" for the stories260K checkpoint in
+                            ../shared/models (a real-format GQA checkpoint with trained-looking
+                            weights whose origin is unverified; no tokenizer);
+                            else (or "handmade") the hand-written LLaMA of `llama-np demo`, built
+                            in a second with nothing downloaded: its previous-token and induction
+                            heads make attention maps that mean something (llama_np/handmade.py).
 
 The notebooks only *use* llama_np; nothing of the model is re-implemented here.
 """
@@ -39,18 +42,28 @@ def _scratch() -> Path:
 
 def load_model(model_dir=None) -> tuple[llama_np.Llama, str]:
     """(model, one line saying which model it is and why)."""
-    choice = model_dir or os.environ.get("MODEL_DIR") or None
-    if choice is not None and str(choice) != "demo":
-        model = llama_np.load(choice)
-        return model, f"model: {choice} (named by MODEL_DIR)"
-    if choice is None and STORIES260K.exists():
-        model = llama_np.load(convert_stories260k())
-        return model, (f"model: stories260K, a real trained tiny LLaMA 2 (from {STORIES260K.parent}); "
-                       f"its tokenizer is not available, so we work with token ids")
-    from llama_np.demo import build_demo_model
+    choice = str(model_dir or os.environ.get("MODEL_DIR") or "handmade")
+    if choice in ("handmade", "demo"):
+        return llama_np.load(handmade_model()), (
+            "model: the hand-written LLaMA of `llama-np demo` (weights written by formula, not trained; "
+            "llama_np/handmade.py): it continues text it has seen earlier in the prompt")
+    if choice == "stories260K":
+        if not STORIES260K.exists():
+            raise FileNotFoundError(f"MODEL_DIR=stories260K needs {STORIES260K}")
+        return llama_np.load(convert_stories260k()), (
+            f"model: stories260K from {STORIES260K.parent}, a real-format GQA checkpoint with trained-looking "
+            f"weights whose origin is unverified; its tokenizer is not available, so we work with token ids")
+    return llama_np.load(choice), f"model: {choice} (named by MODEL_DIR)"
 
-    model = llama_np.load(build_demo_model(_scratch() / "demo"))
-    return model, "model: the demo model (RANDOM weights, a tokenizer trained on a paragraph): the machinery, not the meaning"
+
+def handmade_model() -> Path:
+    """The hand-written model (llama_np/handmade.py with the demo tokenizer), built once in the scratch space."""
+    out = _scratch() / "handmade"
+    if out.exists():
+        return out
+    from llama_np.demo import build_handmade_model
+
+    return build_handmade_model(out)
 
 
 def convert_stories260k() -> Path:
