@@ -1,4 +1,5 @@
-"""stories260K: a real trained LLaMA-2-architecture model (llama2.c legacy .bin, GQA 8/4, vocab 512).
+"""stories260K from ../shared: a real-format GQA checkpoint (llama2.c legacy .bin, GQA 8/4, vocab 512) with
+trained-looking weights whose origin is unverified: it proves arithmetic, not text quality.
 
 The reference reads the file on its own, by the layout in ../shared/models/README.md, and runs
 transformers' LlamaForCausalLM on those weights (q/k permuted into HF's rotary layout).
