@@ -24,8 +24,8 @@ The circuit (Elhage et al. 2021, Olsson et al. 2022: previous-token heads feedin
 Why four tokens: the demo vocabulary has 320 pieces, so in a few hundred random tokens most
 pieces occur more than once and "the token after the last x[t]" is ambiguous, and in English
 text split into such small pieces even three pieces ("▁", "w", "a" of "walked" and "watch")
-recur. The current token must match; then the more of the three before it match, the better,
-so partial matches still work where a full one does not exist (the start of a repetition).
+recur. The match is lexicographic — the current token first, then the one before it, and so on
+— so partial matches still work where a full one does not exist (the start of a repetition).
 
 The residual stream (dim D = 4 * head_dim = 1424; a token identity is C = 2p = 74 numbers)
 
@@ -84,8 +84,9 @@ PREVIOUS_TOKEN_HEAD = (0, 0)        # (layer, head): head h of layer 0 looks h +
 INDUCTION_HEAD = (1, 0)             # heads 1..3 of layer 1 are idle (zero query, zero output)
 
 POSITION_SCORES = 6.0 * np.array([6, 1, 1, 1, 1, 1, 1, 1, 1, 1])   # nats, on the pairs turning at 2^-k, k = 0..9
-MATCH_SCORES = (40.0, 8.0, 8.0, 8.0)   # nats for x[t-k] = x[j-1-k], k = 0..3
+MATCH_SCORES = (40.0, 16.0, 8.0, 4.0)  # nats for x[t-k] = x[j-1-k], k = 0..3
 SINK_SCORE = 32.0                   # nats: the blank start, where the induction head looks when nothing matches
+RESTART_SCORE = 10.0                # nats for a key two after BOS: between equal matches, a repeat restarts at the beginning
 NEXT_LOGIT = 16.0                   # logit of the copied token
 EOS_LOGIT = 5.0                     # logit of end-of-text, always: it wins when nothing was copied
 START_GAIN = 16.0                   # sharpness of the start detector's gate
@@ -249,20 +250,25 @@ def start_detector_ffn(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str,
     return {"w1": w1, "w2": w2, "w3": w3}
 
 
-def induction_attention(lay: Layout) -> dict[str, np.ndarray]:
+def induction_attention(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str, np.ndarray]:
     """Layer 1: the induction head (query head 0) attends to the position after the earlier
     occurrence of the last four tokens and copies the token found there into NEXT.
 
     Key at j, in slow pairs (rotation negligible): x[j-1-k] (TOKEN[k+1]) in match slot k, k = 0..3,
     and START / sqrt(5) on the sink pair. Query at t: s_k sqrt(head_dim) x[t-k] (TOKEN[k]) in match
-    slot k, with s = (40, 8, 8, 8), and 32 sqrt(head_dim) from CONST on the sink pair. So key j
-    scores 40 [x[t] = x[j-1]] + 8 [x[t-1] = x[j-2]] + 8 [x[t-2] = x[j-3]] + 8 [x[t-3] = x[j-4]],
-    or 32 at the blank start; a slot whose codes differ adds at most 0.164 of its weight.
-    Every step is 8 nats: all four (64) beat any three of them (at most 56 + 1.3), the current
-    token alone (40, at worst 36 by overlaps) beats the blank start (32), which beats every key
-    without the current token (at most 24, plus up to 6.6 by overlap). Value: the token's code at
-    j (nothing at the blank start). Output: head 0's value -> NEXT. Heads 1.. have zero queries
-    and zero outputs: idle.
+    slot k, with s = (40, 16, 8, 4), and 32 sqrt(head_dim) from CONST on the sink pair. So key j
+    scores 40 [x[t] = x[j-1]] + 16 [x[t-1] = x[j-2]] + 8 [x[t-2] = x[j-3]] + 4 [x[t-3] = x[j-4]],
+    or 32 at the blank start; a slot whose codes differ adds at most 0.164 of its weight (6.6,
+    2.6, 1.3, 0.7). Each weight is more than all the later ones together (16 > 8 + 4), so the key
+    with the longest run of matching tokens back from the current one wins, and a key needs the
+    current token to beat the blank (40 > 32 > 16 + 8 + 4).
+    One constant more, 10 e_BOS from CONST in slot 1: a key whose x[j-2] is BOS — the second token
+    of the text — gains 10. When the current token occurred several times and nothing before it
+    tells them apart (the first token of a repetition: its predecessors are the end of the text, not
+    its start), the occurrence at the very start wins: a repetition restarts at the beginning.
+    It never outweighs a real match: 10 < 16, the first token of context.
+    Value: the token's code at j (nothing at the blank start). Output: head 0's value -> NEXT.
+    Heads 1.. have zero queries and zero outputs: idle.
     """
     HD, C, D = lay.head_dim, lay.code, lay.dim
     wq, wk = np.zeros((N_HEADS * HD, D)), np.zeros((N_KV_HEADS * HD, D))
@@ -271,6 +277,8 @@ def induction_attention(lay: Layout) -> dict[str, np.ndarray]:
         wq[lay.match_dims(k), lay.token(k)] = score * np.sqrt(HD) * np.eye(C)
         wk[lay.match_dims(k), lay.token(k + 1)] = np.eye(C)
     wq[lay.sink_dim, lay.CONST] = SINK_SCORE * np.sqrt(HD)
+    if 0 <= bos_id < lay.vocab_size:
+        wq[lay.match_dims(1), lay.CONST] = RESTART_SCORE * np.sqrt(HD) * codes[bos_id]
     wk[lay.sink_dim, lay.START] = 1 / np.sqrt(CONTEXT + 1)
     wv[:C, lay.token(0)] = np.eye(C)
     wo[lay.next, :C] = np.eye(C)
@@ -297,7 +305,7 @@ def handmade_weights(args: ModelArgs, bos_id: int, eos_id: int) -> dict[str, np.
     w = {name: np.zeros(shape) for name, shape in expected_shapes(args).items()}
     w["tok_embeddings.weight"] = embedding_weights(lay, codes, bos_id)
     blocks = {0: (previous_token_attention(lay, args), start_detector_ffn(lay, codes, bos_id)),
-              1: (induction_attention(lay), {})}
+              1: (induction_attention(lay, codes, bos_id), {})}
     lengths = {0: (3, 3 + CONTEXT), 1: (3 + CONTEXT, 4 + CONTEXT)}   # squared length of the stream at each norm
     for i, (attention, ffn) in blocks.items():
         w.update({f"layers.{i}.attention.{n}.weight": m for n, m in attention.items()})

@@ -137,6 +137,19 @@ def test_induction_head_without_repeated_tokens_from_the_first_token_of_the_repe
     assert probs[t, t - 200 + 1].min() >= 0.9
 
 
+def test_a_repeat_restarts_at_the_beginning_when_its_first_token_occurred_twice(model):
+    """BOS + A + A[0], where A[0] also occurs in the middle of A: nothing before the last token tells
+    the two occurrences apart, and the one at the start of the text wins (the restart score)."""
+    V = model.config.vocab_size
+    a = np.random.default_rng(8).permutation(np.arange(3, V))[:120]
+    a[60] = a[0]
+    seq = np.concatenate([[1], a, a[:1]])
+    trace = {}
+    logits = model.forward(seq[None], trace=trace)
+    assert trace["layers.1.probs"][0, 0, -1, 2] > 0.9                         # just after the first A[0]
+    assert logits[0, -1].argmax() == a[1]
+
+
 def test_with_nothing_to_copy_it_looks_at_the_blank_start_and_ends_the_text(model):
     """No earlier occurrence of the last token: the induction head rests on position 0 (blanked by
     layer 0's SwiGLU) and end-of-text wins."""
