@@ -86,6 +86,22 @@ def new_tokens_to_complete(tokenizer, prompt: str, continuation: str) -> int:
     return len(tokenizer.encode(prompt + continuation)) - len(tokenizer.encode(prompt))
 
 
+def describe(args: ModelArgs) -> str:
+    """One line on the model the demo runs."""
+    return (f"model: dim {args.dim}, {args.n_layers} layers, {args.n_heads} query heads sharing {args.n_kv_heads} "
+            f"key/value head, head_dim {args.head_dim}, rope_theta 2^{round(np.log2(args.rope_theta))}, a "
+            f"{args.vocab_size}-piece tokenizer trained on {DEMO_TEXT.name}; every weight is derived in "
+            f"llama_np/handmade.py")
+
+
+REAL_MODEL_HINT = """
+To run a real model: convert Meta's LLaMA 2 weights (or karpathy's tinyllamas) once with
+  llama-np convert path/to/llama-2-7b llama-2-7b-np
+then generate with
+  llama-np generate llama-2-7b-np --prompt "Once upon a time"
+(see the README's 'Getting weights')."""
+
+
 def run_demo(prompt: str | None = None, max_new_tokens: int | None = None) -> None:
     """Build the hand-written model, then continue `prompt` (default: the example) greedily, streaming it."""
     if prompt is not None and not prompt.strip():
@@ -95,16 +111,14 @@ def run_demo(prompt: str | None = None, max_new_tokens: int | None = None) -> No
     say = lambda s: print(s, file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         model = load(build_handmade_model(Path(tmp) / "handmade"))
-        a, tok = model.config, model.tokenizer
         text, expected = (prompt, None) if prompt is not None else example()
-        ids = tok.encode(text)
+        ids = model.tokenizer.encode(text)
         check_prompts(model, [ids])                              # too long: refused before anything is printed
         if max_new_tokens is None:
-            max_new_tokens = NEW_TOKENS_FOR_OWN_PROMPT if expected is None else new_tokens_to_complete(tok, text, expected)
+            max_new_tokens = (NEW_TOKENS_FOR_OWN_PROMPT if expected is None
+                              else new_tokens_to_complete(model.tokenizer, text, expected))
         say("llama-np demo: a LLaMA 2 whose weights were written by hand, not trained (nothing was downloaded).")
-        say(f"model: dim {a.dim}, {a.n_layers} layers, {a.n_heads} query heads sharing {a.n_kv_heads} key/value head, "
-            f"head_dim {a.head_dim}, rope_theta 2^{round(np.log2(a.rope_theta))}, a {a.vocab_size}-piece tokenizer "
-            f"trained on {DEMO_TEXT.name}; every weight is derived in llama_np/handmade.py")
+        say(describe(model.config))
         say(f"prompt ({len(ids)} tokens{', a passage and then its first words again' if expected else ''}), "
             f"then up to {max_new_tokens} tokens of greedy continuation:\n")
         stats = GenerationStats()
@@ -112,11 +126,7 @@ def run_demo(prompt: str | None = None, max_new_tokens: int | None = None) -> No
         model.generate(text, max_new_tokens=max_new_tokens, temperature=0.0, stats=stats,
                        on_text=lambda s: print(s, end="", flush=True))
         print(flush=True)
-        if stats.new_tokens < min(max_new_tokens, a.max_seq_len - len(ids)):
+        if stats.new_tokens < min(max_new_tokens, model.config.max_seq_len - len(ids)):
             say("[end of text: nothing earlier in the prompt matched, so the model had nothing to copy]")
         say(f"\n{HOW}\n[{stats.summary()}]")
-    say("\nTo run a real model: convert Meta's LLaMA 2 weights (or karpathy's tinyllamas) once with\n"
-        "  llama-np convert path/to/llama-2-7b llama-2-7b-np\n"
-        "then generate with\n"
-        "  llama-np generate llama-2-7b-np --prompt \"Once upon a time\"\n"
-        "(see the README's 'Getting weights').")
+    say(REAL_MODEL_HINT)
