@@ -37,7 +37,8 @@ The residual stream (dim D = 4 * head_dim = 1424; a token identity is C = 2p = 7
     NEXT       the code of the predicted next token (layer 1)
     the rest   zero
 
-Token identities are "chirps" (Alltop 1980): token v = a*p + b is the complex unit vector
+Token identities are discrete "chirps" (quadratic phases, the vectors of the classic mutually
+unbiased bases): token v = a*p + b is the complex unit vector
 u_v(x) = exp(2 pi i (a x^2 + b x) / p) / sqrt(p), x = 0 .. p-1, with p = 37 prime, its real and
 imaginary parts interleaved like rotary pairs. Two chirps with the same a are exactly orthogonal
 (a discrete Fourier basis); with different a, |<u_v, u_w>| = 1/sqrt(p) exactly (a Gauss sum). So
