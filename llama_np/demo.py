@@ -88,8 +88,8 @@ def new_tokens_to_complete(tokenizer, prompt: str, continuation: str) -> int:
 
 def describe(args: ModelArgs) -> str:
     """One line on the model the demo runs."""
-    return (f"model: dim {args.dim}, {args.n_layers} layers, {args.n_heads} query heads sharing {args.n_kv_heads} "
-            f"key/value head, head_dim {args.head_dim}, rope_theta 2^{round(np.log2(args.rope_theta))}, a "
+    return (f"model: dim {args.dim}, {args.n_layers} layers, {args.n_heads} query heads on {args.n_kv_heads} "
+            f"key/value heads, head_dim {args.head_dim}, rope_theta 2^{round(np.log2(args.rope_theta))}, a "
             f"{args.vocab_size}-piece tokenizer trained on {DEMO_TEXT.name}; every weight is derived in "
             f"llama_np/handmade.py")
 

@@ -9,9 +9,9 @@ special: every one comes from a formula, derived in the docstring of the functio
 
 The circuit (Elhage et al. 2021, Olsson et al. 2022: previous-token heads feeding an induction head)
 
-    layer 0, attention   four PREVIOUS-TOKEN heads on one shared key/value head (GQA): query head
-                         h looks exactly h + 1 positions back and copies that token's identity, so
-                         position t also holds x[t-1], x[t-2], x[t-3], x[t-4]
+    layer 0, attention   four PREVIOUS-TOKEN heads, two on each of two identical key/value heads
+                         (GQA): query head h looks exactly h + 1 positions back and copies that
+                         token's identity, so position t also holds x[t-1], x[t-2], x[t-3], x[t-4]
     layer 0, SwiGLU      one hidden unit, an AND gate: it recognises the start of the text (BOS
                          whose four predecessors are BOS, which only position 0 sees) and blanks it
     layer 1, attention   the INDUCTION head: its query holds x[t], x[t-1], x[t-2], x[t-3], the key
@@ -78,11 +78,11 @@ from .weights import write_model_dir
 
 P = 37                              # chirp length (a prime): a token identity is 2P numbers
 MAX_SEQ_LEN = 2048
-N_LAYERS, N_HEADS, N_KV_HEADS = 2, 4, 1
+N_LAYERS, N_HEADS, N_KV_HEADS = 2, 4, 2     # two kv heads: tensor parallelism can cut it in two
 CONTEXT = N_HEADS                   # tokens the induction head matches: x[t] and the 3 before it
 HIDDEN_DIM = 32                     # SwiGLU width; one unit is used (layer 0's start detector)
 PREVIOUS_TOKEN_HEAD = (0, 0)        # (layer, head): head h of layer 0 looks h + 1 positions back
-INDUCTION_HEAD = (1, 0)             # heads 1..3 of layer 1 are idle (zero query, zero output)
+INDUCTION_HEAD = (1, 0)             # heads 1..3 of layer 1 are idle (zero query, zero output), and kv head 1
 
 POSITION_SCORES = 6.0 * np.array([6, 1, 1, 1, 1, 1, 1, 1, 1, 1])   # nats, on the pairs turning at 2^-k, k = 0..9
 MATCH_SCORES = (40.0, 16.0, 8.0, 4.0)  # nats for x[t-k] = x[j-1-k], k = 0..3
@@ -151,7 +151,7 @@ def make_layout(vocab_size: int, max_seq_len: int = MAX_SEQ_LEN) -> Layout:
 
 
 def handmade_args(vocab_size: int, max_seq_len: int = MAX_SEQ_LEN) -> ModelArgs:
-    """The model's shape: 2 layers, 4 query heads sharing 1 key/value head, rope_theta 2^(head_dim/4)."""
+    """The model's shape: 2 layers, 4 query heads on 2 key/value heads, rope_theta 2^(head_dim/4)."""
     lay = make_layout(vocab_size, max_seq_len)
     return ModelArgs(dim=lay.dim, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, vocab_size=vocab_size,
                      hidden_dim=HIDDEN_DIM, norm_eps=1e-5, rope_theta=2.0 ** (lay.head_dim // 4),
@@ -190,8 +190,8 @@ def embedding_weights(lay: Layout, codes: np.ndarray, bos_id: int) -> np.ndarray
 
 def previous_token_attention(lay: Layout, args: ModelArgs) -> dict[str, np.ndarray]:
     """Layer 0: query head h attends to exactly d = h + 1 positions back and copies that token's
-    code into TOKEN[d]. The four query heads share one key/value head (GQA): same key, same value,
-    they differ only in how far their query is turned.
+    code into TOKEN[d]. Each key/value head serves two query heads (GQA), and both kv heads are
+    the same: one key, one value; the query heads differ only in how far their query is turned.
 
     Key: on each ladder pair 2k (turning at w = 2^-k) the constant (1, 0), read from CONST.
     Query of head h: on pair 2k, a_k sqrt(head_dim) (cos dw, -sin dw), the key turned back by d
@@ -210,11 +210,13 @@ def previous_token_attention(lay: Layout, args: ModelArgs) -> dict[str, np.ndarr
     wv, wo = np.zeros((N_KV_HEADS * HD, D)), np.zeros((D, N_HEADS * HD))
     for k, a in enumerate(POSITION_SCORES):
         re, im = lay.position_dims(k)
-        wk[re, lay.CONST] = 1.0
+        for g in range(N_KV_HEADS):
+            wk[g * HD + re, lay.CONST] = 1.0
         for h in range(N_HEADS):
             wq[h * HD + re, lay.CONST] = a * np.sqrt(HD) * cos[h + 1, 2 * k]
             wq[h * HD + im, lay.CONST] = -a * np.sqrt(HD) * sin[h + 1, 2 * k]
-    wv[:C, lay.token(0)] = np.eye(C)
+    for g in range(N_KV_HEADS):
+        wv[g * HD:g * HD + C, lay.token(0)] = np.eye(C)
     for h in range(N_HEADS):
         wo[lay.token(h + 1), h * HD:h * HD + C] = np.eye(C)
     return {"wq": wq, "wk": wk, "wv": wv, "wo": wo}
@@ -268,8 +270,9 @@ def induction_attention(lay: Layout, codes: np.ndarray, bos_id: int) -> dict[str
     tells them apart (the first token of a repetition: its predecessors are the end of the text, not
     its start), the occurrence at the very start wins: a repetition restarts at the beginning.
     It never outweighs a real match: 10 < 16, the first token of context.
-    Value: the token's code at j (nothing at the blank start). Output: head 0's value -> NEXT.
-    Heads 1.. have zero queries and zero outputs: idle.
+    The key and value live in kv head 0, which query heads 0 and 1 read. Value: the token's code
+    at j (nothing at the blank start). Output: head 0's value -> NEXT. Query heads 1..3 (and kv
+    head 1) are zero: idle.
     """
     HD, C, D = lay.head_dim, lay.code, lay.dim
     wq, wk = np.zeros((N_HEADS * HD, D)), np.zeros((N_KV_HEADS * HD, D))
