@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from safetensors import safe_open
 from tqdm import tqdm
 
-from .config import ModelArgs, read_json
+from .config import ModelArgs, foreign_values, read_json
+from .bounds import checked_shape, flat_view, n_elements
 from .errors import LlamaNpError
 from .pages import drop_pages
 from .spec import expected_shapes
@@ -33,7 +35,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
-_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, "I8": np.int8}
 
 
 def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
@@ -72,7 +74,7 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
 def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
     header, offset = {}, 0
     for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * 2
+        nbytes = n_elements(shape) * 2
         header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "llama_np"}
@@ -116,38 +118,45 @@ def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """Memory-map a safetensors file: name -> read-only zero-copy view (bf16 as uint16 bits)."""
+    """Memory-map a safetensors file: name -> read-only zero-copy view (bf16 as uint16 bits).
+
+    The `safetensors` library validates the file first, the way the format requires (header
+    length and JSON, dtypes, shapes whose bytes equal their offsets' span, tensors contiguous, in
+    order, not overlapping, covering the data exactly). We then read the same header ourselves,
+    insist that it says what the library saw, and make each view through bounds.flat_view.
+    """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0] if size >= 8 else None
-            if n is None or n > size - 8:
-                raise LlamaNpError(f"{path}: not a safetensors file (bad header length)")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise LlamaNpError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LlamaNpError(f"{path}: not a safetensors file (header is not JSON)") from None
-    data_start = 8 + n
-    if size == data_start:
-        return {}
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
+    library_view = _validated_by_library(path)
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))            # the library has parsed these very bytes already
+    data_start, out = 8 + n, {}
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size > data_start else b""
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise LlamaNpError(f"{path}: tensor {name!r} has an unsupported or malformed entry "
-                               f"{info!r:.100}") from None
-        if end - begin != int(np.prod(shape)) * dtype.itemsize or data_start + end > size:
-            raise LlamaNpError(f"{path}: tensor {name!r} does not fit in the file (truncated or corrupt)")
-        out[name] = mm[data_start + begin: data_start + end].view(dtype).reshape(shape)
+        if info.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise LlamaNpError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which llama_np does not "
+                               f"read ({', '.join(_SAFETENSORS_DTYPES)})")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        shape = checked_shape(info["shape"], f"{path}: tensor {name!r}")
+        begin, end = info["data_offsets"]
+        if library_view.get(name) != (info["dtype"], shape) or end - begin != n_elements(shape) * dtype.itemsize:
+            raise LlamaNpError(f"{path}: tensor {name!r}: the header does not say what the safetensors library read")
+        out[name] = flat_view(mm, dtype, data_start + begin, n_elements(shape), f"{path}: tensor {name!r}").reshape(shape)
     return out
+
+
+def _validated_by_library(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) as the safetensors library reads the file, or a one-line LlamaNpError."""
+    if not path.is_file():
+        raise LlamaNpError(f"{path}: not found")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+    except Exception as e:                        # the library's verdict, whatever it raises: not valid
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LlamaNpError(f"{path}: not a valid safetensors file ({reason[:160]})") from None
 
 
 def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
@@ -157,7 +166,8 @@ def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
         raise LlamaNpError(f"{model_dir}: not a directory (expected a converted model: "
                            f"run `llama-np convert` first)")
     config = read_json(model_dir / CONFIG_FILE)
-    args = ModelArgs.from_dict(config)
+    with foreign_values(model_dir / CONFIG_FILE):
+        args = ModelArgs.from_dict(config)
     weights = read_safetensors(model_dir / WEIGHTS_FILE)
     for name, shape in expected_shapes(args).items():
         if name not in weights:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelArgs
+from ..config import ModelArgs, foreign_values
+from ..bounds import n_elements
 from ..errors import LlamaNpError
 from .hf import check_shapes
 from .pth import LazyTensor, load_pth
@@ -135,7 +136,7 @@ def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
     """-> (ModelArgs, [(name, load)]); load() is a zero-copy float32 view of the memory-mapped file."""
     h = read_header(path)
     layout = tensor_layout(h)
-    n_floats = sum(int(np.prod(shape)) for _, shape in layout)
+    n_floats = sum(n_elements(shape) for _, shape in layout)
     expected, size = h.data_offset + 4 * n_floats, path.stat().st_size
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
@@ -148,7 +149,7 @@ def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
     floats = np.memmap(path, dtype="<f4", mode="r", offset=h.data_offset, shape=(n_floats,))  # (n_floats,)
     tensors, start = [], 0
     for name, shape in layout:
-        count = int(np.prod(shape))
+        count = n_elements(shape)
         if name is not None:
             tensors.append((name, _view(floats, start, shape)))
         start += count
@@ -158,7 +159,7 @@ def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
 
 
 def _view(floats: np.memmap, start: int, shape: tuple):
-    return lambda: floats[start:start + int(np.prod(shape))].reshape(shape)
+    return lambda: floats[start:start + n_elements(shape)].reshape(shape)
 
 
 def _pt_state(path: Path, ckpt) -> dict[str, LazyTensor]:
@@ -188,11 +189,12 @@ def read_llama2c_pt(path: Path, max_seq_len: int | None = None):
     if missing or "layers.0.feed_forward.w1.weight" not in state or "tok_embeddings.weight" not in state:
         raise LlamaNpError(f"{path}: incomplete llama2.c checkpoint (model_args lacks {missing} "
                            f"or the model lacks its embedding / first layer)")
-    args = ModelArgs(dim=margs["dim"], n_layers=margs["n_layers"], n_heads=margs["n_heads"],
-                     n_kv_heads=margs.get("n_kv_heads") or margs["n_heads"], vocab_size=margs["vocab_size"],
-                     hidden_dim=state["layers.0.feed_forward.w1.weight"].shape[0],  # llama2.c may round it
-                     norm_eps=float(margs.get("norm_eps", 1e-5)), rope_theta=10000.0,
-                     max_seq_len=max_seq_len or margs["max_seq_len"])
+    with foreign_values(f"{path}: model_args"):
+        args = ModelArgs(dim=margs["dim"], n_layers=margs["n_layers"], n_heads=margs["n_heads"],
+                         n_kv_heads=margs.get("n_kv_heads") or margs["n_heads"], vocab_size=margs["vocab_size"],
+                         hidden_dim=state["layers.0.feed_forward.w1.weight"].shape[0],  # llama2.c may round it
+                         norm_eps=margs.get("norm_eps", 1e-5), rope_theta=10000.0,
+                         max_seq_len=max_seq_len or margs["max_seq_len"])
     state.setdefault("output.weight", state["tok_embeddings.weight"])  # tied classifier
     check_shapes(path, args, {name: tuple(t.shape) for name, t in state.items()})
     return args, [(name, tensor.numpy) for name, tensor in state.items()]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelArgs, read_json
+from ..config import ModelArgs, foreign_values, read_json
 from ..errors import LlamaNpError
 from ..spec import SHARD_AXIS, base_name, expected_shapes
 from .pth import load_pth_state_dict
@@ -27,7 +27,8 @@ def read_meta(src: Path, tokenizer_vocab_size: int | None, max_seq_len: int | No
     shard_paths = sorted(src.glob("consolidated.*.pth"))
     if not shard_paths:
         raise LlamaNpError(f"{src}: no consolidated.NN.pth files")
-    args = ModelArgs.from_meta_params(params, tokenizer_vocab_size, max_seq_len)
+    with foreign_values(src / "params.json"):
+        args = ModelArgs.from_meta_params(params, tokenizer_vocab_size, max_seq_len)
     shards = [load_pth_state_dict(p) for p in shard_paths]
     names = [n for n in shards[0] if n not in IGNORED]
     for path, shard in zip(shard_paths[1:], shards[1:]):
