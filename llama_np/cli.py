@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import itertools
 import re
 import sys
@@ -22,6 +24,7 @@ from .model import load
 from .perplexity import check_window, perplexity_result
 from .sampling import SamplingParams
 from .text import check_stop
+from .verify import verify
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +42,8 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=FORMATS, help="checkpoint format (default: auto)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="context length to record (default: the source's, else 4096 as LLaMA 2)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking a Meta download against its checklist.chk (md5 of every file)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -136,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("verify", help="check a Meta download against its checklist.chk, or a converted "
+                                      "directory against the checksums convert recorded")
+    p.add_argument("dir", help="a Meta download (with checklist.chk) or a converted model directory")
+
     p = sub.add_parser("compare", help="our forward pass beside a PyTorch reference, per layer and component "
                                        "(needs torch)")
     p.add_argument("model_dir", help="a converted model directory")
@@ -146,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_convert(a) -> None:
     t0 = time.perf_counter()
-    out = convert(a.src, a.out_dir, tokenizer=a.tokenizer, fmt=a.format, max_seq_len=a.max_seq_len)
+    out = convert(a.src, a.out_dir, tokenizer=a.tokenizer, fmt=a.format, max_seq_len=a.max_seq_len,
+                  verify=not a.no_verify)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
     print(f"wrote {out} ({size:.2f} GB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
@@ -182,8 +192,10 @@ def cmd_generate(a) -> None:
         for piece in pieces:
             print(piece, end="", flush=True)
         print(flush=True)
-    finally:                                      # Ctrl-C still says how far it got
-        print(f"[{stats.summary()}]", file=sys.stderr)
+    except KeyboardInterrupt:                     # Ctrl-C: stop at once, and still say how far it got
+        print(f"\n[interrupted: {stats.summary()}]", file=sys.stderr)
+        raise
+    print(f"[{stats.summary()}]", file=sys.stderr)
 
 
 def _generate_batch(a, model, params: SamplingParams) -> None:
@@ -251,21 +263,38 @@ def cmd_compare(a) -> None:
         raise SystemExit(1)                       # a difference above tolerance (not bad input)
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity,
+def cmd_verify(a) -> None:
+    print(verify(a.dir))
+
+
+COMMANDS = {"verify": cmd_verify, "convert": cmd_convert, "generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity,
             "demo": cmd_demo, "compare": cmd_compare}
 
 
 def main(argv=None) -> int:
+    if hasattr(signal, "SIGXFSZ"):                # a file-size limit: let the write fail with EFBIG, and say so
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         a = build_parser().parse_args(argv)
         COMMANDS[a.command](a)
+    except BrokenPipeError:                       # `llama-np generate ... | head`: the reader left; so do we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (no flush error at exit)
+        return 0
     except (LlamaNpError, OSError, MemoryError) as e:   # bad input, an unreadable file, a model too big
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: OSError's own words with the file, anything else as it says itself."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from .errors import LlamaNpError
 
 DEFAULT_MAX_SEQ_LEN = 4096  # LLaMA 2's context length; Meta's params.json does not record it
 MAX_CONTEXT = 1 << 17       # positions: the rotary tables of a longer context would take more RAM than a model
+MAX_LAYERS = 1024           # LLaMA 2 70B has 80; a config that says 2**31 must not make us list 2**31 layers
 
 
 @contextmanager
@@ -63,6 +64,8 @@ class ModelArgs:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
                 raise LlamaNpError(f"config: {name} must be a positive number, got {value!r:.40}")
+        if self.n_layers > MAX_LAYERS:
+            raise LlamaNpError(f"config: n_layers {self.n_layers} is beyond the {MAX_LAYERS} llama_np supports")
         if self.max_seq_len > MAX_CONTEXT:
             raise LlamaNpError(f"config: max_seq_len {self.max_seq_len} is beyond the {MAX_CONTEXT} positions "
                                f"llama_np supports")

@@ -13,11 +13,10 @@ the forward pass touches it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -26,6 +25,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from .config import ModelArgs, foreign_values, read_json
+from .atomic import atomic_output_dir
 from .bounds import checked_shape, flat_view, n_elements
 from .errors import LlamaNpError
 from .pages import drop_pages
@@ -40,38 +40,35 @@ _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, 
 
 def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
                     source: dict, tokenizer_path=None, progress: bool = True) -> Path:
-    """Write a converted model directory atomically.
+    """Write a converted model directory atomically (atomic.py: it appears whole or not at all).
 
     `tensors` yields (name, load) pairs in any order covering exactly `expected_shapes(args)`;
-    `load()` returns that tensor (any float dtype), called once, one tensor at a time. Everything
-    is written into a temporary sibling directory that is renamed to `out_dir` only at the end,
-    so an interrupted run never leaves a directory that looks complete.
+    `load()` returns that tensor (any float dtype), called once, one tensor at a time.
+    config.json records a sha256 of the safetensors header, of every tensor's bytes and of the
+    tokenizer, so that `llama-np verify` can name what changed later.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)               # mkdtemp makes it private; the result is not
-        shapes = expected_shapes(args)
-        _write_safetensors(tmp / WEIGHTS_FILE, shapes, tensors, progress)
-        config = {**args.to_dict(), "source": source}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_output_dir(out_dir) as tmp:
+        checksums = _write_safetensors(tmp / WEIGHTS_FILE, expected_shapes(args), tensors, progress)
+        files = {WEIGHTS_FILE: checksums}
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            files[TOKENIZER_FILE] = file_sha256(tmp / TOKENIZER_FILE)
+        config = {**args.to_dict(), "source": source, "checksums": files}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
 
 
-def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool) -> dict:
+    """Header first, then each tensor at its offset as it comes -> {"header": sha256, "tensors": {name: sha256}}."""
     header, offset = {}, 0
     for name, shape in shapes.items():
         nbytes = n_elements(shape) * 2
@@ -81,36 +78,40 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
     data_start = 8 + len(header_bytes)
+    head = struct.pack("<Q", len(header_bytes)) + header_bytes
 
-    written = set()
+    sums = {}
     with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
                                      disable=not progress, leave=False) as bar:
-        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        f.write(head)
         f.truncate(data_start + offset)
         for name, load in tensors:
             if name not in shapes:
                 raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
-            if name in written:
+            if name in sums:
                 raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
             array = load()
             if tuple(array.shape) != shapes[name]:
                 raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
                                    f"expected {shapes[name]} from the model's config")
+            data = _to_float16(name, array)
             f.seek(data_start + header[name]["data_offsets"][0])
-            f.write(_to_float16(name, array).tobytes())
+            f.write(data.data)
+            sums[name] = hashlib.sha256(data.data).hexdigest()
             drop_pages(array)                       # a memory-mapped source: done with its pages
-            written.add(name)
             bar.update(1)
-    missing = [n for n in shapes if n not in written]
+    missing = [n for n in shapes if n not in sums]
     if missing:
         raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return {"header": hashlib.sha256(head).hexdigest(), "tensors": {n: sums[n] for n in shapes}}
 
 
 def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating):
         raise LlamaNpError(f"tensor {name!r} has dtype {array.dtype}, expected floating point")
-    out = np.ascontiguousarray(array, dtype="<f2")
+    with np.errstate(over="ignore"):              # too large for float16: said below, not warned
+        out = np.ascontiguousarray(array, dtype="<f2")
     if not np.isfinite(out).all():
         bad = "overflows float16" if np.isfinite(array).all() else "contains inf or nan"
         raise LlamaNpError(f"tensor {name!r} {bad}")

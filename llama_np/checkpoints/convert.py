@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import LlamaNpError
 from ..tokenizer import Tokenizer
+from ..verify import verify_meta
 from ..weights import write_model_dir
 from . import hf, llama2c, meta
 
@@ -58,7 +59,7 @@ def find_tokenizer(src: Path, tokenizer) -> Path | None:
 
 
 def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, verify: bool = True) -> Path:
     """Convert `src` into `out_dir` (config.json, model.safetensors float16, tokenizer.model)."""
     src, out_dir = Path(src), Path(out_dir)
     if fmt not in FORMATS:
@@ -66,6 +67,8 @@ def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
     fmt = detect_format(src) if fmt == "auto" else fmt
+    if verify and fmt == "meta" and (src / "checklist.chk").is_file():
+        verify_meta(src, progress)               # a corrupt download is refused before anything is written
     tok_path = find_tokenizer(src, tokenizer)
     tok = Tokenizer(tok_path) if tok_path is not None else None
     vocab = tok.n_words if tok is not None else None
