@@ -66,7 +66,7 @@ def verify_meta(src: Path, progress: bool = True) -> int:
         if not path.is_file():
             raise LlamaNpError(f"{path}: listed in the checklist but missing")
     total = sum(p.stat().st_size for p in expected)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="md5", disable=not progress, leave=False) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc="md5", disable=None if progress else True, leave=False) as bar:
         for path, md5 in expected.items():
             got = digest(path, "md5", bar)
             if got != md5:
@@ -92,7 +92,7 @@ def verify_converted(model_dir: Path, progress: bool = True) -> int:
         raise LlamaNpError(f"{weights}: not a safetensors file (bad header length)")
     size = weights.stat().st_size + sum((model_dir / name).stat().st_size for name in sums
                                         if name != "model.safetensors" and (model_dir / name).is_file())
-    with tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress, leave=False) as bar:
+    with tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=None if progress else True, leave=False) as bar:
         if digest(weights, "sha256", bar, 0, 8 + n) != recorded.get("header"):
             raise LlamaNpError(f"{weights}: its header differs from the one convert wrote")
         with open(weights, "rb") as f:

@@ -82,7 +82,7 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool) -> dic
 
     sums = {}
     with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
-                                     disable=not progress, leave=False) as bar:
+                                     disable=None if progress else True, leave=False) as bar:
         f.write(head)
         f.truncate(data_start + offset)
         for name, load in tensors:
