@@ -81,10 +81,11 @@ def blocked_matmul_t(x: np.ndarray, w: np.ndarray, widen, scratch_dtype) -> np.n
 
     `widen(block, scratch)` turns rows of w into float32 (a view of scratch, of `scratch_dtype`).
     x (N, in) float32 -> (N, out) float32. Every weight byte is read from memory once.
-    Decoding (few rows in x): each thread takes a range of w's rows and walks it in blocks of
-    ~BLOCK_ELEMENTS weights: widen the block into a float32 scratch buffer that stays in cache,
-    multiply x by it, move on. A prompt (many rows): the widening is shared by all N rows, so
-    widen bigger blocks (on all threads) and hand each to one BLAS matrix product.
+    Decoding (few rows in x): w is walked in blocks of ~BLOCK_ELEMENTS weights; each thread takes
+    the next block when it is free (one shared iterator: a core slowed by another process does
+    less, instead of holding the others up), widens it into its float32 scratch buffer, which stays
+    in cache, and multiplies x by it. A prompt (many rows): the widening is shared by all N rows,
+    so widen bigger blocks (on all threads) and hand each to one BLAS matrix product.
     """
     N, n_in = x.shape
     n_out = w.shape[0]
@@ -100,15 +101,19 @@ def blocked_matmul_t(x: np.ndarray, w: np.ndarray, widen, scratch_dtype) -> np.n
             np.matmul(x, block.T, out=out[:, r:r + n])                    # (N, n)
         return out
     rows = max(1, BLOCK_ELEMENTS // n_in)
+    starts = iter(range(0, n_out, rows))                                  # shared: next() holds the GIL
 
-    def work(first: int, last: int) -> None:
+    def work(_) -> None:
         scratch = np.empty((rows, n_in), scratch_dtype)                   # (rows, in)
-        for r in range(first, last, rows):
-            n = min(rows, last - r)
+        for r in starts:
+            n = min(rows, n_out - r)
             block = widen(w[r:r + n], scratch[:n])                        # (n, in) float32
-            np.matmul(x, block.T, out=out[:, r:r + n])                    # (N, n)
+            if N == 1:
+                np.dot(block, x[0], out=out[0, r:r + n])                  # (n,), BLAS gemv
+            else:
+                np.matmul(x, block.T, out=out[:, r:r + n])                # (N, n)
 
-    list(_workers().map(lambda ab: work(*ab), _row_blocks(n_out, n_in, n_threads())))
+    list(_workers().map(work, range(n_threads())))
     return out
 
 
@@ -192,6 +197,6 @@ def matmul_t(x: np.ndarray, w) -> np.ndarray:
 def gather_rows(table, ids: np.ndarray) -> np.ndarray:
     """Rows `ids` of an embedding table as float32.  table (V, D), ids (...) -> (..., D)"""
     check_matrix("tok_embeddings.weight", table)
-    if isinstance(table, Int8Rows):            # int8 rows times their scales, as dequantize does
-        return table.q[ids] * table.scale[ids][..., None]                 # (..., D) float32
+    if isinstance(table, Int8Rows):
+        return table[ids]                      # int8 rows times their scales  (..., D) float32
     return table[ids].astype(np.float32)

@@ -63,6 +63,13 @@ class Int8Rows:
     size = property(lambda self: self.q.size)
     nbytes = property(lambda self: self.q.nbytes + self.scale.nbytes)
 
+    def __getitem__(self, index):
+        """Rows of the float32 matrix (only those rows are widened: the embedding lookup); an index
+        that also picks columns goes through the whole matrix."""
+        if isinstance(index, tuple):
+            return dequantize(self)[index]
+        return self.q[index] * self.scale[index][..., None]          # (..., in) float32
+
     def __array__(self, dtype=None, copy=None):
         w = dequantize(self)
         return w if dtype is None else w.astype(dtype, copy=False)

@@ -104,8 +104,8 @@ def _write_safetensors(path: Path, shapes: dict, layout: dict, tensors, progress
     data_start = 8 + len(header_bytes)
 
     written = set()
-    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
-                                     disable=not progress, leave=False) as bar:
+    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor", leave=False,
+                                     disable=None if progress else True) as bar:    # None: on a terminal only
         f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
         f.truncate(data_start + offset)
         for name, load in tensors:
