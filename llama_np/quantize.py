@@ -8,8 +8,9 @@ becomes q int8 (out, in) and s float32 (out,):
     W_ij ~ s_i * q_ij                  with |W_ij - s_i q_ij| <= s_i / 2
 
 A row of zeros gets s_i = 0 and q = 0 (no division by zero). A row that already is s_i times
-int8 values with max |q| = 127 comes back exactly: the scale is computed in float64, where
-127 * s_i / 127 = s_i holds exactly, and each W_ij / s_i is then an exact integer.
+int8 values with max |q| = 127 comes back exactly: 127 * s_i / 127 and s_i * q_ij / s_i are
+quotients whose exact value is representable, so IEEE division returns them exactly (the
+arithmetic is float32 for float16/float32 weights, float64 for float64 ones).
 
 Why per row: an output row of W makes one output of `x @ W.T`, so its scale factors out of the
 product (kernels.linear_i8) and costs one multiply per output, not per weight:
@@ -84,15 +85,18 @@ def dequantize(w: Int8Rows) -> np.ndarray:
 
 
 def absmax_scales(w: np.ndarray) -> np.ndarray:
-    """s_i = max_j |W_ij| / 127, in float64 (exact for rows that are s_i times int8 values).  (n, in) -> (n,)"""
-    return np.max(np.abs(w), axis=1) / Q_MAX
+    """s_i = max_j |W_ij| / 127 (exact for rows that are s_i times int8 values).  (n, in) -> (n,)"""
+    return np.maximum(np.max(w, axis=1), -np.min(w, axis=1)) / w.dtype.type(Q_MAX)
 
 
 def round_rows(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """q_ij = round(W_ij / s_i), clipped to [-127, 127]; 0 where s_i = 0.  (n, in), (n,) -> int8 (n, in)"""
-    s = scale.astype(np.float64)[:, None]                            # (n, 1)
-    q = np.rint(np.divide(w, s, out=np.zeros(w.shape), where=s > 0))  # (n, in) float64
-    return np.clip(q, -Q_MAX, Q_MAX).astype(np.int8)
+    """q_ij = round(W_ij / s_i) (half to even), clipped to [-127, 127]; 0 where s_i = 0 (the row is
+    zero, or below float32's smallest scale).  (n, in), (n,) -> int8 (n, in)"""
+    s = scale.astype(w.dtype)[:, None]                               # (n, 1)
+    q = np.divide(w, np.where(s > 0, s, 1), out=np.empty_like(w))    # (n, in)
+    q[(s == 0)[:, 0]] = 0
+    np.rint(q, out=q)
+    return np.clip(q, -Q_MAX, Q_MAX, out=q).astype(np.int8)
 
 
 def best_clip_scales(w: np.ndarray, ratios=CLIP_RATIOS) -> np.ndarray:
@@ -103,14 +107,14 @@ def best_clip_scales(w: np.ndarray, ratios=CLIP_RATIOS) -> np.ndarray:
     best, best_err = absmax.astype(np.float32), np.full(len(w), np.inf)
     for c in ratios:
         s = (c * absmax).astype(np.float32)                          # (n,)
-        err = np.sum(np.square(w - s[:, None] * round_rows(w, s).astype(np.float64)), axis=1)  # (n,)
+        err = np.sum(np.square(w - s[:, None] * round_rows(w, s)), axis=1)                 # (n,)
         better = err < best_err
         best[better], best_err[better] = s[better], err[better]
     return best
 
 
 def quantize_rows(w: np.ndarray, name: str = "weight", scales=absmax_scales) -> Int8Rows:
-    """Int8Rows of a float matrix (out, in), worked in row blocks (temporaries stay ~8 MB).
+    """Int8Rows of a float matrix (out, in), worked in row blocks (temporaries stay a few MB).
     A weight that is inf or nan is a LlamaNpError naming the tensor."""
     if w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
         raise LlamaNpError(f"tensor {name!r}: only float matrices are quantized, got {w.dtype} {w.shape}")
@@ -118,9 +122,10 @@ def quantize_rows(w: np.ndarray, name: str = "weight", scales=absmax_scales) -> 
     q = np.empty((n_out, n_in), np.int8)                             # (out, in)
     scale = np.empty(n_out, np.float32)                              # (out,)
     rows = max(1, ROW_BLOCK_ELEMENTS // max(n_in, 1))
+    work = np.result_type(w.dtype, np.float32)                       # float32, or float64 for float64
     for r in range(0, n_out, rows):
-        block = np.asarray(w[r:r + rows], dtype=np.float64)          # (n, in)
-        if not np.isfinite(block).all():
+        block = np.asarray(w[r:r + rows], dtype=work)                # (n, in)
+        if not np.isfinite(absmax_scales(block)).all():             # an inf or nan makes its row's max one
             raise LlamaNpError(f"tensor {name!r} contains inf or nan")
         s = np.asarray(scales(block))                                # (n,)
         if not np.isfinite(s.astype(np.float32)).all():
