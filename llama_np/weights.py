@@ -1,7 +1,9 @@
 """The converted model directory: write it tensor by tensor, memory-map it back.
 
     OUT_DIR/config.json         ModelArgs + where the model came from
-    OUT_DIR/model.safetensors   every tensor float16, Meta's names and rotary layout
+    OUT_DIR/model.safetensors   every tensor float16, Meta's names and rotary layout; or, when
+                                config.json says "weight_type": "int8", each matrix X int8 (I8)
+                                with its float32 row scales beside it as X_scale (quantize.py)
     OUT_DIR/tokenizer.model     when the source had one
 
 safetensors is: 8 bytes little-endian header length N, N bytes of JSON
@@ -29,18 +31,40 @@ from .atomic import atomic_output_dir
 from .bounds import checked_shape, flat_view, n_elements
 from .errors import LlamaNpError
 from .pages import drop_pages
-from .spec import expected_shapes
+from .quantize import Int8Rows, int8_names, quantize_rows
+from .spec import expected_shapes, scale_name
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, "I8": np.int8}
+WEIGHT_TYPES = ("float16", "int8")       # config.json "weight_type" (absent: float16)
+
+
+def check_weight_type(weight_type) -> str:
+    if weight_type not in WEIGHT_TYPES:
+        raise LlamaNpError(f"unknown weight type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)}")
+    return weight_type
+
+
+def stored_layout(args: ModelArgs, weight_type: str = "float16") -> dict[str, tuple[str, tuple]]:
+    """name -> (safetensors dtype, shape) of every tensor a new file holds, in Meta's order: float16,
+    or for an int8 directory the matrices of quantize.int8_names as I8, each followed by its F32
+    scales (one per row). (Reading follows the file: any matrix stored I8 has its scales beside it.)"""
+    int8 = set(int8_names(args)) if check_weight_type(weight_type) == "int8" else set()
+    layout = {}
+    for name, shape in expected_shapes(args).items():
+        layout[name] = ("I8" if name in int8 else "F16", shape)
+        if name in int8:
+            layout[scale_name(name)] = ("F32", shape[:1])
+    return layout
 
 
 def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
-                    source: dict, tokenizer_path=None, progress: bool = True) -> Path:
-    """Write a converted model directory atomically (atomic.py: it appears whole or not at all).
+                    source: dict, tokenizer_path=None, progress: bool = True, weight_type: str = "float16") -> Path:
+    """Write a converted model directory atomically (atomic.py: it appears whole or not at all),
+    its matrices float16 or int8 rows + scales (`weight_type`).
 
     `tensors` yields (name, load) pairs in any order covering exactly `expected_shapes(args)`;
     `load()` returns that tensor (any float dtype), called once, one tensor at a time.
@@ -48,13 +72,14 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
     tokenizer, so that `llama-np verify` can name what changed later.
     """
     out_dir = Path(out_dir)
+    layout = stored_layout(args, weight_type)
     with atomic_output_dir(out_dir) as tmp:
-        checksums = _write_safetensors(tmp / WEIGHTS_FILE, expected_shapes(args), tensors, progress)
+        checksums = _write_safetensors(tmp / WEIGHTS_FILE, expected_shapes(args), layout, tensors, progress)
         files = {WEIGHTS_FILE: checksums}
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
             files[TOKENIZER_FILE] = file_sha256(tmp / TOKENIZER_FILE)
-        config = {**args.to_dict(), "source": source, "checksums": files}
+        config = {**args.to_dict(), "weight_type": weight_type, "source": source, "checksums": files}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
 
@@ -67,12 +92,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool) -> dict:
-    """Header first, then each tensor at its offset as it comes -> {"header": sha256, "tensors": {name: sha256}}."""
+def _write_safetensors(path: Path, shapes: dict, layout: dict, tensors, progress: bool) -> dict:
+    """Header first, then each tensor at its offset as it comes -> {"header": sha256, "tensors": {name: sha256}}
+    (every stored tensor: an int8 matrix's scales too)."""
     header, offset = {}, 0
-    for name, shape in shapes.items():
-        nbytes = n_elements(shape) * 2
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+    for name, (code, shape) in layout.items():
+        nbytes = n_elements(shape) * np.dtype(_SAFETENSORS_DTYPES[code]).itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "llama_np"}
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
@@ -81,8 +107,8 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool) -> dic
     head = struct.pack("<Q", len(header_bytes)) + header_bytes
 
     sums = {}
-    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
-                                     disable=None if progress else True, leave=False) as bar:
+    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor", leave=False,
+                                     disable=None if progress else True) as bar:    # None: on a terminal only
         f.write(head)
         f.truncate(data_start + offset)
         for name, load in tensors:
@@ -94,17 +120,26 @@ def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool) -> dic
             if tuple(array.shape) != shapes[name]:
                 raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
                                    f"expected {shapes[name]} from the model's config")
-            data = _to_float16(name, array)
-            f.seek(data_start + header[name]["data_offsets"][0])
-            f.write(data.data)
-            sums[name] = hashlib.sha256(data.data).hexdigest()
+            for part, data in _encode(name, array, layout[name][0]):
+                data = np.ascontiguousarray(data)
+                f.seek(data_start + header[part]["data_offsets"][0])
+                f.write(data.data)
+                sums[part] = hashlib.sha256(data.data).hexdigest()
             drop_pages(array)                       # a memory-mapped source: done with its pages
             bar.update(1)
     missing = [n for n in shapes if n not in sums]
     if missing:
         raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return {"header": hashlib.sha256(head).hexdigest(), "tensors": {n: sums[n] for n in shapes}}
+    return {"header": hashlib.sha256(head).hexdigest(), "tensors": {n: sums[n] for n in layout}}
+
+
+def _encode(name: str, array: np.ndarray, code: str) -> list[tuple[str, np.ndarray]]:
+    """The stored form of one tensor: [(name, float16)], or int8 rows and their scales."""
+    if code == "I8":
+        w = quantize_rows(array, name)
+        return [(name, w.q), (scale_name(name), w.scale.astype("<f4"))]
+    return [(name, _to_float16(name, array))]
 
 
 def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
@@ -157,11 +192,12 @@ def _validated_by_library(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             return {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
     except Exception as e:                        # the library's verdict, whatever it raises: not valid
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LlamaNpError(f"{path}: not a valid safetensors file ({reason[:160]})") from None
+        raise LlamaNpError(f"{path}: not a valid safetensors file, truncated or corrupt ({reason[:160]})") from None
 
 
 def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
-    """(ModelArgs, name -> float16 memory-mapped array, the config.json dict)."""
+    """(ModelArgs, name -> memory-mapped weight, the config.json dict). Weights are float16 arrays,
+    or for an int8 directory Int8Rows (int8 map + float32 scales) for the matrices."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LlamaNpError(f"{model_dir}: not a directory (expected a converted model: "
@@ -169,11 +205,33 @@ def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
     config = read_json(model_dir / CONFIG_FILE)
     with foreign_values(model_dir / CONFIG_FILE):
         args = ModelArgs.from_dict(config)
-    weights = read_safetensors(model_dir / WEIGHTS_FILE)
+    try:
+        weight_type = check_weight_type(config.get("weight_type", "float16"))
+    except LlamaNpError as e:
+        raise LlamaNpError(f"{model_dir / CONFIG_FILE}: {e}") from None
+    path = model_dir / WEIGHTS_FILE
+    weights = read_safetensors(path)
     for name, shape in expected_shapes(args).items():
         if name not in weights:
-            raise LlamaNpError(f"{model_dir / WEIGHTS_FILE}: missing tensor {name!r}")
+            raise LlamaNpError(f"{path}: missing tensor {name!r}")
         if weights[name].shape != shape:
-            raise LlamaNpError(f"{model_dir / WEIGHTS_FILE}: tensor {name!r} has shape "
-                               f"{weights[name].shape}, config.json says {shape}")
-    return args, weights, config
+            raise LlamaNpError(f"{path}: tensor {name!r} has shape {weights[name].shape}, config.json says {shape}")
+    return args, _join_scales(path, weights, weight_type), config
+
+
+def _join_scales(path: Path, weights: dict, weight_type: str) -> dict:
+    """Each int8 matrix of the file and its scales (float32, one per row, finite, >= 0) as one
+    Int8Rows; every other tensor as read."""
+    int8 = [name for name, w in weights.items() if w.dtype == np.int8]
+    if int8 and weight_type != "int8":
+        raise LlamaNpError(f"{path}: tensor {int8[0]!r} is int8 but config.json does not say weight_type int8")
+    out = {name: w for name, w in weights.items() if name not in {scale_name(n) for n in int8}}
+    for name in int8:
+        q, scale = weights[name], weights.get(scale_name(name))
+        if q.ndim != 2 or scale is None or scale.dtype != np.float32 or scale.shape != q.shape[:1]:
+            raise LlamaNpError(f"{path}: int8 tensor {name!r} needs its float32 scales {scale_name(name)!r}, "
+                               f"one per row ({q.shape[0]},)")
+        if not (np.isfinite(scale).all() and (scale >= 0).all()):
+            raise LlamaNpError(f"{path}: {scale_name(name)!r} holds a negative, inf or nan scale")
+        out[name] = Int8Rows(q, scale)
+    return out

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-import llama_np
 from conftest import REPO, assert_one_line_error, rendered_lines, run_cli
 from llama_np.weights import read_safetensors
 from reference import random_meta_weights, write_meta_checkpoint

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..errors import LlamaNpError
 from ..tokenizer import Tokenizer
 from ..verify import verify_meta
-from ..weights import write_model_dir
+from ..weights import TOKENIZER_FILE, check_weight_type, read_model_dir, write_model_dir
 from . import hf, llama2c, meta
 
 FORMATS = ("auto", "meta", "llama2c", "hf")
@@ -59,11 +59,14 @@ def find_tokenizer(src: Path, tokenizer) -> Path | None:
 
 
 def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | None = None,
-            progress: bool = True, verify: bool = True) -> Path:
-    """Convert `src` into `out_dir` (config.json, model.safetensors float16, tokenizer.model)."""
+            progress: bool = True, weight_type: str = "float16", verify: bool = True) -> Path:
+    """Convert `src` into `out_dir` (config.json, model.safetensors, tokenizer.model), its matrices
+    float16 or int8 rows + scales (`weight_type`), one tensor at a time. A Meta download is first
+    checked against its checklist.chk when it has one (verify=False skips that)."""
     src, out_dir = Path(src), Path(out_dir)
     if fmt not in FORMATS:
         raise LlamaNpError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_weight_type(weight_type)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
     fmt = detect_format(src) if fmt == "auto" else fmt
@@ -78,4 +81,19 @@ def convert(src, out_dir, tokenizer=None, fmt: str = "auto", max_seq_len: int | 
                            f"{args.vocab_size}; name the model's own tokenizer with --tokenizer")
     source = {"format": fmt, "path": str(src.resolve()),
               "tokenizer": str(tok_path.resolve()) if tok_path else None}
-    return write_model_dir(out_dir, args, tensors, source, tok_path, progress)
+    return write_model_dir(out_dir, args, tensors, source, tok_path, progress, weight_type)
+
+
+def quantize(model_dir, out_dir, progress: bool = True) -> Path:
+    """`llama-np quantize`: an int8 copy of a float16 converted directory, one tensor at a time."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
+    args, weights, config = read_model_dir(model_dir)
+    if config.get("weight_type", "float16") != "float16":
+        raise LlamaNpError(f"{model_dir}: already {config['weight_type']}; quantize takes a float16 directory")
+    tok_path = model_dir / TOKENIZER_FILE
+    source = {"format": "llama_np", "path": str(model_dir.resolve()), "quantized_from": config.get("source")}
+    tensors = [(name, lambda w=w: w) for name, w in weights.items()]
+    return write_model_dir(out_dir, args, tensors, source, tok_path if tok_path.is_file() else None, progress,
+                           weight_type="int8")
