@@ -13,13 +13,14 @@ the forward pass touches it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -33,7 +34,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
-_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, "I8": np.int8}
+SAFETENSORS_DTYPE_NAMES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int8): "I8"}
 
 
 def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Callable[[], np.ndarray]]],
@@ -45,6 +47,31 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
     is written into a temporary sibling directory that is renamed to `out_dir` only at the end,
     so an interrupted run never leaves a directory that looks complete.
     """
+    with atomic_dir(out_dir) as tmp:
+        shapes = expected_shapes(args)
+        writer = SafetensorsWriter(tmp / WEIGHTS_FILE, {name: ("F16", shape) for name, shape in shapes.items()})
+        with tqdm(total=len(shapes), desc="converting", unit="tensor", disable=not progress, leave=False) as bar:
+            for name, load in tensors:
+                if name not in shapes:
+                    raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
+                if name in writer.written:
+                    raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
+                array = load()
+                if tuple(array.shape) != shapes[name]:
+                    raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
+                                       f"expected {shapes[name]} from the model's config")
+                writer.write(name, to_float16(name, array))
+                drop_pages(array)                       # a memory-mapped source: done with its pages
+                bar.update(1)
+        writer.finish("checkpoint")
+        write_config(tmp, {**args.to_dict(), "source": source}, tokenizer_path)
+    return Path(out_dir)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir) -> Iterator[Path]:
+    """A temporary sibling of `out_dir` to write into, renamed to `out_dir` when the block ends
+    without an error (removed otherwise): a directory that exists is always complete."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise LlamaNpError(f"{out_dir}: output directory exists and is not empty")
@@ -54,58 +81,65 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)               # mkdtemp makes it private; the result is not
-        shapes = expected_shapes(args)
-        _write_safetensors(tmp / WEIGHTS_FILE, shapes, tensors, progress)
-        config = {**args.to_dict(), "source": source}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+        yield tmp
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
-def _write_safetensors(path: Path, shapes: dict, tensors, progress: bool):
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = {"format": "llama_np"}
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
-    data_start = 8 + len(header_bytes)
-
-    written = set()
-    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor",
-                                     disable=not progress, leave=False) as bar:
-        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
-        f.truncate(data_start + offset)
-        for name, load in tensors:
-            if name not in shapes:
-                raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
-            if name in written:
-                raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
-            array = load()
-            if tuple(array.shape) != shapes[name]:
-                raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
-                                   f"expected {shapes[name]} from the model's config")
-            f.seek(data_start + header[name]["data_offsets"][0])
-            f.write(_to_float16(name, array).tobytes())
-            drop_pages(array)                       # a memory-mapped source: done with its pages
-            written.add(name)
-            bar.update(1)
-    missing = [n for n in shapes if n not in written]
-    if missing:
-        raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+def write_config(model_dir: Path, config: dict, tokenizer_path=None) -> None:
+    """config.json, and the tokenizer copied in beside it when there is one."""
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, model_dir / TOKENIZER_FILE)
 
 
-def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
+class SafetensorsWriter:
+    """A safetensors file written header first, then one tensor at a time, in any order.
+
+    `entries`: name -> (safetensors dtype, shape) of every tensor the file will hold, in file order.
+    Peak memory is the tensor being written, whatever the size of the file.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, tuple[str, tuple[int, ...]]]):
+        header, offset = {}, 0
+        for name, (dtype, shape) in entries.items():
+            nbytes = int(np.prod(shape)) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        header["__metadata__"] = {"format": "llama_np"}
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
+        self.header, self.data_start = header, 8 + len(header_bytes)
+        self.path, self.written = path, set()
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        self.file.truncate(self.data_start + offset)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Write one tensor (it must have exactly the dtype and shape of its header entry)."""
+        entry = self.header[name]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
+        assert array.dtype == dtype and list(array.shape) == entry["shape"], \
+            f"{self.path}: {name!r} is {array.dtype} {array.shape}, the header says {entry['dtype']} {entry['shape']}"
+        self.file.seek(self.data_start + entry["data_offsets"][0])
+        self.file.write(np.ascontiguousarray(array).tobytes())
+        self.written.add(name)
+
+    def finish(self, what: str = "source") -> None:
+        """Close the file; every tensor of the header must have been written."""
+        self.file.close()
+        missing = [n for n in self.header if n != "__metadata__" and n not in self.written]
+        if missing:
+            raise LlamaNpError(f"{what} is missing tensor {missing[0]!r}"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def to_float16(name: str, array: np.ndarray) -> np.ndarray:
+    """A tensor as contiguous little-endian float16, refusing what is not finite floating point."""
     if not np.issubdtype(array.dtype, np.floating):
         raise LlamaNpError(f"tensor {name!r} has dtype {array.dtype}, expected floating point")
     out = np.ascontiguousarray(array, dtype="<f2")
@@ -150,16 +184,36 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     return out
 
 
-def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
-    """(ModelArgs, name -> float16 memory-mapped array, the config.json dict)."""
+def is_model_dir(path: Path) -> bool:
+    """A directory we converted: config.json with ModelArgs' fields beside model.safetensors."""
+    if not (path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
+        return False
+    try:
+        return "n_layers" in read_json(path / CONFIG_FILE)
+    except LlamaNpError:
+        return False
+
+
+def read_model_dir(model_dir, shapes_of: Callable[[ModelArgs, dict], dict] | None = None
+                   ) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
+    """(ModelArgs, name -> memory-mapped array, the config.json dict).
+
+    The directory must hold every tensor of the model with its shape; `shapes_of(args, config)`
+    says which instead (a tensor-parallel rank's slices: llama_np/parallel).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LlamaNpError(f"{model_dir}: not a directory (expected a converted model: "
                            f"run `llama-np convert` first)")
     config = read_json(model_dir / CONFIG_FILE)
     args = ModelArgs.from_dict(config)
+    if shapes_of is None and "tensor_parallel" in config:
+        tp = config["tensor_parallel"]
+        raise LlamaNpError(f"{model_dir}: one rank of a tensor-parallel model ({tp!r:.60}); run the directory "
+                           f"that holds all its ranks with --tensor-parallel")
+    shapes = expected_shapes(args) if shapes_of is None else shapes_of(args, config)
     weights = read_safetensors(model_dir / WEIGHTS_FILE)
-    for name, shape in expected_shapes(args).items():
+    for name, shape in shapes.items():
         if name not in weights:
             raise LlamaNpError(f"{model_dir / WEIGHTS_FILE}: missing tensor {name!r}")
         if weights[name].shape != shape:
