@@ -373,6 +373,48 @@ def test_cli_rank_killed_mid_perplexity_gives_one_line_error(built, tmp_path):
     assert elapsed < 30
 
 
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+ON_THE_CLUSTER = """
+import sys, numpy as np, llama_np
+from llama_np.parallel import open_tensor_parallel
+model = open_tensor_parallel(sys.argv[1], 2, address=sys.argv[2])
+tokens = np.array([[1, 5, 9, 200, 31]])
+single = llama_np.load(sys.argv[3]).forward(tokens)
+rel = np.abs(model.forward(tokens) - single).max() / np.abs(single).max()
+print(len({node["node_id"] for node in model.ranks.nodes}), rel)
+"""
+
+
+def test_a_cluster_gets_one_rank_per_node(built, tmp_path):
+    """A two-node Ray cluster on this machine (ray.cluster_utils; the nodes share the disk): `--ray ADDRESS`
+    places the 2 ranks on 2 nodes and computes the single-process logits; 4 ranks need 4 nodes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    try:
+        address = cluster.stdout.readline().strip()
+        b = built["gqa"]
+        run = subprocess.run([sys.executable, "-c", ON_THE_CLUSTER, str(b.tp[2]), address, str(b.single_dir)],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        assert run.returncode == 0, run.stderr
+        nodes, rel = run.stdout.split()
+        assert int(nodes) == 2 and float(rel) < TOL, run.stdout
+        too_many = run_cli("generate", b.tp[4], "--tensor-parallel", "4", "--ray", address, "--prompt", "Hi")
+        assert_one_line_error(too_many, f"the Ray cluster at {address} has 2 node(s)", "4 ranks need 4 nodes")
+    finally:
+        cluster.stdin.close()
+        cluster.wait(60)
+
+
 @pytest.fixture(scope="module")
 def gqa_tp2(built):
     return built["gqa"].tp[2]

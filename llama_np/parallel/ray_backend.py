@@ -40,7 +40,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import ray
+
+logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)   # in Jupyter, importing ray says what it
+with warnings.catch_warnings():                                   # misses for rich output (ipywidgets)
+    warnings.simplefilter("ignore")
+    import ray
 import ray.exceptions
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -72,7 +76,7 @@ class RankActor(RankRunner):
     def open(self, rank_dir: str, rank: int, world_size: int, fp32: str) -> dict:
         RankRunner.__init__(self, rank_dir, rank, world_size, fp32)
         return {"info": self.info, "node": ray.util.get_node_ip_address(), "host": socket.gethostname(),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def tokenizer_bytes(self) -> bytes | None:
         path = Path(self.info.path) / TOKENIZER_FILE
