@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import _cpu_name, blas_kernel, make_converted, memory_bandwidth  # noqa: E402
+from bench import _cpu_name, blas_kernel, make_converted, memory_bandwidth
 
-from llama_np.config import ModelArgs  # noqa: E402
-from llama_np.spec import expected_shapes  # noqa: E402
+from llama_np.config import ModelArgs
+from llama_np.spec import expected_shapes
 
 LLAMA_7B = ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, hidden_dim=11008)
 LLAMA_70B = ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=32000, hidden_dim=28672)
@@ -135,7 +135,7 @@ def real_decode(cache_dir: Path, new_tokens: int) -> dict:
     single_dir = make_converted("TinyLlama-1.1B", cache_dir)
     tp_dir = cache_dir / "TinyLlama-1.1B-tp2"
     if not tp_dir.exists():
-        convert(single_dir, tp_dir, tensor_parallel=2)
+        convert(single_dir, tp_dir, tensor_parallel=2, progress=False)
     single = decode_seconds(llama_np.load(single_dir, fp32="off"), 16, new_tokens)
     with open_tensor_parallel(tp_dir, 2, fp32="off") as tp:
         args = tp.config
@@ -216,8 +216,11 @@ def table(meta: dict, reductions: list[dict], decode: dict, rows: list[dict]) ->
         "kv heads' column, ~2% more bytes per rank, plus a KV cache per rank that does not shrink past 8 ranks "
         "(1/8 of the cache each). llama_np refuses N > n_kv_heads, as Meta's layout does (70B: at most 8 ranks); "
         "the 16-node rows are the model's prediction of what replication would give.",
-        "int8: 1 byte per weight plus a float32 scale per row; float16 70B is 17.3 GB per rank on 8 nodes (fits "
-        "24 GB), int8 8.7 GB.",
+        f"Memory per rank on 8 nodes (all weights, embedding included): {meta['gb_70b_8'] / 1e9:.1f} GB in float16, "
+        f"{meta['gb_70b_8'] / 2e9:.1f} GB in int8 (1 byte per weight plus a float32 scale per row), on machines of "
+        f"24 GB.",
+        f"Load average (1 min) when the run started and ended: {meta['load'][0]:.1f}, {meta['load'][1]:.1f} on 2 "
+        f"cores: the machine is shared, and every number above moves with it.",
         f"distributed-llama figure: its README (b4rtaz/distributed-llama, tested on version 0.1.0), Llama 2 70B on "
         f"8 × Raspberry Pi 4B 8 GB, Q40 weights and Q80 buffer: {DLLAMA_70B['ms']:.2f} ms per token "
         f"(inference {DLLAMA_70B['inference_ms']:.2f} ms, network transfer {DLLAMA_70B['transfer_ms']:.2f} ms), "
@@ -247,6 +250,7 @@ def main(argv=None) -> int:
 
     from llama_np.parallel.ray_backend import start_local_ray
 
+    load_at_start = os.getloadavg()[0]
     bandwidth = memory_bandwidth()
     print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
     start_local_ray()
@@ -262,6 +266,8 @@ def main(argv=None) -> int:
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
             "cores": len(os.sched_getaffinity(0)), "numpy": np.__version__, "blas": blas_kernel(), "ray": ray.__version__,
             "date": datetime.date.today().isoformat(), "bandwidth": bandwidth, "effective_bandwidth": effective,
+            "load": [load_at_start, os.getloadavg()[0]],
+            "gb_70b_8": sum(int(np.prod(s)) for s in expected_shapes(LLAMA_70B).values()) * 2 / 8,
             "command": "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_parallel.py "
                        + " ".join(sys.argv[1:])}
     rows = predictions(bandwidth, effective, step)

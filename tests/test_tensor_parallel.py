@@ -29,8 +29,8 @@ from llama_np.checkpoints.convert import convert
 from llama_np.config import ModelArgs
 from llama_np.errors import LlamaNpError
 from llama_np.spec import expected_shapes
-from reference import _split_axis, hf_llama, hf_logits, random_hf_llama, random_meta_weights, rel_err, \
-    write_meta_checkpoint
+from reference import (_split_axis, hf_llama, hf_logits, random_hf_llama, random_meta_weights, rel_err,
+                       write_meta_checkpoint)
 from test_meta_vs_pytorch import train_tokenizer
 
 TOL = 1e-5                       # the issue's bound: N ranks against the single-process forward
@@ -155,7 +155,8 @@ def test_int8_directory_splits_with_scales_following_their_rows(tmp_path):
         assert config["weight_type"] == "int8" and set(ours) == set(tensors)
         for name, t in tensors.items():
             assert ours[name].dtype == t.dtype, name
-        rows = lambda a: a[k * len(a) // 2:(k + 1) * len(a) // 2]                    # noqa: E731
+        def rows(a, k=k):
+            return a[k * len(a) // 2:(k + 1) * len(a) // 2]
         for m in ["layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight", "output.weight"]:
             np.testing.assert_array_equal(ours[m], rows(tensors[m]))
             np.testing.assert_array_equal(ours[m + "_scale"], rows(tensors[m + "_scale"]))
@@ -312,17 +313,6 @@ def test_a_rank_that_stops_answering_is_named_within_the_health_timeout(local_ra
 
 
 # ------------------------------------------------------------------------------- the command line
-def test_cli_generate_over_two_ranks_prints_the_single_process_text(built):
-    b = built["gqa"]
-    args = ["--prompt", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0"]
-    single = run_cli("generate", b.single_dir, *args)
-    ranks = run_cli("generate", b.tp[2], "--tensor-parallel", "2", *args)
-    assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr
-    assert ranks.stdout == single.stdout and ranks.stdout.strip()
-    lines = rendered_lines(ranks.stderr)                    # our stats line only: Ray says nothing
-    assert len(lines) == 1 and lines[0].startswith("[") and "prompt tokens" in lines[0], ranks.stderr
-
-
 def _descendants(pid: int) -> list[int]:
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -362,12 +352,14 @@ def test_cli_rank_killed_mid_perplexity_gives_one_line_error(built, tmp_path):
         t0 = time.time()
         proc.wait(timeout=60)
         elapsed = time.time() - t0
+        result_stdout = proc.stdout.read()
     finally:
         proc.kill()
     reader.join(5)
     text = "".join(stderr)
     lines = rendered_lines(text)                            # the progress bar as it stopped, then the error
     assert proc.returncode == 2 and "Traceback" not in text, text
+    assert result_stdout == "", result_stdout               # nothing of Ray's (it reports dead workers on stdout)
     assert lines[-1].startswith("error: ") and all(line.startswith("perplexity") for line in lines[:-1]), text
     assert re.search(rf"rank [01] of 2 \(pid {victim} .*\) died", lines[-1]), lines[-1]
     assert elapsed < 30
@@ -396,7 +388,8 @@ print(len({node["node_id"] for node in model.ranks.nodes}), rel)
 
 def test_a_cluster_gets_one_rank_per_node(built, tmp_path):
     """A two-node Ray cluster on this machine (ray.cluster_utils; the nodes share the disk): `--ray ADDRESS`
-    places the 2 ranks on 2 nodes and computes the single-process logits; 4 ranks need 4 nodes."""
+    places the 2 ranks on 2 nodes, computes the single-process logits, and `llama-np generate` prints the
+    single-process text and nothing else; 4 ranks need 4 nodes."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
@@ -408,6 +401,13 @@ def test_a_cluster_gets_one_rank_per_node(built, tmp_path):
         assert run.returncode == 0, run.stderr
         nodes, rel = run.stdout.split()
         assert int(nodes) == 2 and float(rel) < TOL, run.stdout
+        flags = ["--prompt", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0"]
+        single = run_cli("generate", b.single_dir, *flags)
+        ranks = run_cli("generate", b.tp[2], "--tensor-parallel", "2", "--ray", address, *flags)
+        assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr
+        assert ranks.stdout == single.stdout and ranks.stdout.strip()
+        lines = rendered_lines(ranks.stderr)                # our stats line only: Ray says nothing
+        assert len(lines) == 1 and lines[0].startswith("[") and "prompt tokens" in lines[0], ranks.stderr
         too_many = run_cli("generate", b.tp[4], "--tensor-parallel", "4", "--ray", address, "--prompt", "Hi")
         assert_one_line_error(too_many, f"the Ray cluster at {address} has 2 node(s)", "4 ranks need 4 nodes")
     finally:

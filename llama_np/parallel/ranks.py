@@ -64,7 +64,7 @@ def write_rank_dirs(out_dir, n: int, configs: list[dict], entries: dict[str, tup
                 if name in writers[0].written:
                     raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
                 for k, (writer, piece) in enumerate(zip(writers, pieces(), strict=True)):
-                    dtype, shape = rank_entries[name]
+                    shape = rank_entries[name][1]
                     if tuple(piece.shape) != shape:
                         raise LlamaNpError(f"tensor {name!r}: rank {k}'s piece has shape {tuple(piece.shape)}, "
                                            f"expected {shape} (the whole tensor cut evenly in {n})")

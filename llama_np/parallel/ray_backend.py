@@ -49,6 +49,7 @@ import ray.exceptions
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..config import ModelArgs
 from ..errors import LlamaNpError
 from ..tokenizer import Tokenizer
 from ..weights import TOKENIZER_FILE
@@ -56,7 +57,6 @@ from .llama import TensorParallelLlama
 from .rank import RankRunner, forward_summed_here
 from .ranks import check_same_model, find_rank_dirs, rank_dir_name, rank_info
 from .split import check_world_size
-from ..config import ModelArgs
 
 REDUCTIONS = ("compiled", "ranks", "driver")
 CONNECT_TIMEOUT = 5.0           # seconds to reach a cluster's address before saying it cannot be reached
@@ -129,8 +129,11 @@ def _quiet_ray_logging() -> None:
 def start_local_ray() -> None:
     """A Ray instance on this machine for the ranks (or the one this process already started)."""
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.CRITICAL, runtime_env=_this_code())
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.CRITICAL, runtime_env=_this_code())
+        except Exception as e:               # no room in /tmp, ports taken, ...
+            raise LlamaNpError(f"could not start a local Ray instance: {_first_line(e)}") from None
     _quiet_ray_logging()
 
 
