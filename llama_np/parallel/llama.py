@@ -26,7 +26,6 @@ from ..tokenizer import Tokenizer
 from ..weights import TOKENIZER_FILE
 from .rank import RankRunner, all_gather, forward_summed_here
 from .ranks import check_same_model, find_rank_dirs
-from .split import check_world_size
 
 _cache_ids = itertools.count()
 
@@ -98,7 +97,6 @@ class InProcessRanks:
         self.runners = [RankRunner(path, k, world_size, fp32) for k, path in enumerate(paths)]
         check_same_model([r.info for r in self.runners])
         self.config, self.world_size = self.runners[0].config, world_size
-        check_world_size(self.config, world_size)
         self.tokenizer_path = paths[0] / TOKENIZER_FILE
 
     def call_all(self, method: str, *args) -> list:

@@ -170,7 +170,11 @@ def read_rank_dir(path, k: int, n: int):
         found = f"rank {tp['rank']} of {tp['world_size']}" if isinstance(tp, dict) and set(tp) == {"rank", "world_size"} \
             else "no rank at all (not a tensor-parallel rank directory)"
         raise LlamaNpError(f"{path}: its config.json says {found}, expected rank {k} of {n}")
-    args, weights, config = read_model_dir(path, shapes_of=lambda args, _: rank_shapes(args, n))
+    def shapes_of(args: ModelArgs, _config: dict) -> dict:
+        check_world_size(args, n)                # a config.json edited to a shape N does not divide
+        return rank_shapes(args, n)
+
+    args, weights, config = read_model_dir(path, shapes_of=shapes_of)
     for name, shape in rank_shapes(args, n, weights).items():     # the scales and anything else it holds
         if tuple(weights[name].shape) != shape:
             raise LlamaNpError(f"{path / WEIGHTS_FILE}: tensor {name!r} has shape {tuple(weights[name].shape)}, "

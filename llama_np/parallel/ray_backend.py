@@ -51,12 +51,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ModelArgs
 from ..errors import LlamaNpError
+from ..precision import fp32_bytes, mem_available
 from ..tokenizer import Tokenizer
 from ..weights import TOKENIZER_FILE
 from .llama import TensorParallelLlama
 from .rank import RankRunner, forward_summed_here
-from .ranks import check_same_model, find_rank_dirs, rank_dir_name, rank_info
-from .split import check_world_size
+from .ranks import check_same_model, find_rank_dirs, rank_dir_name, rank_info, read_rank_dir
 
 REDUCTIONS = ("compiled", "ranks", "driver")
 CONNECT_TIMEOUT = 5.0           # seconds to reach a cluster's address before saying it cannot be reached
@@ -98,9 +98,10 @@ def open_ray(model_dir, world_size: int, address: str | None = None, fp32: str =
         raise LlamaNpError(f"reductions must be one of {', '.join(REDUCTIONS)}, got {reductions!r}")
     if address is None:                      # everything is on this machine: check it before Ray starts
         paths = find_rank_dirs(model_dir, world_size)
-        infos = [rank_info(path, k, world_size) for k, path in enumerate(paths)]
-        check_same_model(infos)
-        check_world_size(ModelArgs.from_dict(infos[0].args), world_size)
+        ranks = [read_rank_dir(path, k, world_size) for k, path in enumerate(paths)]
+        check_same_model([rank_info(path, k, world_size, w, c) for k, (path, (_, w, c)) in enumerate(zip(paths, ranks))])
+        if fp32 == "auto":                   # the ranks share this machine's memory: one decision for all
+            fp32 = "on" if sum(fp32_bytes(w) for _, w, _ in ranks) <= mem_available() // 2 else "off"
         start_local_ray()
     else:                                    # the ranks' directories are on their nodes
         paths = [Path(model_dir).absolute() / rank_dir_name(k, world_size) for k in range(world_size)]
@@ -197,7 +198,6 @@ class RayRanks:
             check_same_model(infos)
             self.info = infos[0]
             self.config = ModelArgs.from_dict(self.info.args)
-            check_world_size(self.config, world_size)
             if reductions == "compiled":
                 self.dag = self._compile()
                 self._warm_up()
