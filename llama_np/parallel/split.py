@@ -102,9 +102,3 @@ def rank_shapes(args: ModelArgs, n: int, names=None) -> dict[str, tuple[int, ...
     """The shape of each tensor (default: every tensor of the spec) in one rank's directory."""
     shapes = full_shapes(args, expected_shapes(args) if names is None else names)
     return {name: rank_shape(shape, shard_axis(name), n) for name, shape in shapes.items()}
-
-
-def join_parts(name: str, parts: list[np.ndarray]) -> np.ndarray:
-    """The inverse of the split: the N pieces of `name` put back together (replicated: rank 0's)."""
-    axis = shard_axis(name)
-    return parts[0] if axis is None else np.concatenate(parts, axis=axis)
