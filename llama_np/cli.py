@@ -22,6 +22,7 @@ from .errors import LlamaNpError
 from .weights import WEIGHT_TYPES
 from .generation import GenerationStats, complete, need_tokenizer, prompt_ids, stream_ids
 from .model import load
+from .parallel import open_tensor_parallel
 from .perplexity import check_window, perplexity_result
 from .sampling import SamplingParams
 from .text import check_stop
@@ -48,6 +49,10 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float16", choices=WEIGHT_TYPES,
                    help="how to store the weight matrices: float16 (default), or int8 with one float32 scale per "
                         "row (half the size; `llama-np quantize` does the same from a converted directory)")
+    p.add_argument("--tensor-parallel", type=int, default=None, metavar="N",
+                   help="write N rank directories OUT_DIR/rank-KK-of-NN, split as Meta's model-parallel shards "
+                        "(a Meta download with N shards keeps each shard as its rank); SRC may also be a converted "
+                        "directory (float16 or int8)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +118,25 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
                         "of the available RAM (default)")
 
 
+def _add_parallel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", type=int, default=None, metavar="N",
+                   help="run MODEL_DIR's N rank directories (`llama-np convert ... --tensor-parallel N`) as N Ray "
+                        "actors, one process per rank (needs: pip install \"llama_np[ray]\")")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="with --tensor-parallel: the Ray cluster (HOST:PORT of `ray start --head`), one rank per "
+                        "node, each reading MODEL_DIR/rank-KK-of-NN at the same path on its node (default: a "
+                        "local Ray instance on this machine)")
+
+
+def open_model(a):
+    """The model a command runs: one process (llama_np.load), or N tensor-parallel ranks on Ray."""
+    if a.tensor_parallel is None:
+        if a.ray is not None:
+            raise LlamaNpError("--ray needs --tensor-parallel N")
+        return load(a.model_dir, fp32=a.fp32_weights)
+    return open_tensor_parallel(a.model_dir, a.tensor_parallel, address=a.ray, fp32=a.fp32_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llama-np", description="LLaMA 2 inference in pure NumPy.", epilog=MAIN_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--logprobs", action="store_true", help="print each token's log-probability after the text")
     p.add_argument("--echo", action="store_true", help="print the prompt before the new text (and score it)")
+    _add_parallel_args(p)
 
     p = sub.add_parser("chat", help="chat with a LLaMA 2 chat model (interactive, or messages piped in)",
                        epilog=CHAT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="a system prompt, kept for the whole conversation")
     _add_sampling_args(p)
     _add_precision_arg(p)
+    _add_parallel_args(p)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file (teacher-forced, sliding windows)",
                        epilog=PERPLEXITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts, in [1, context-1] (default: context/2)")
     _add_precision_arg(p)
+    _add_parallel_args(p)
 
     p = sub.add_parser("demo", help="build a tiny random-weight model and generate from it (no download)")
     p.add_argument("--prompt", default="Once upon a time")
@@ -172,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_convert(a) -> None:
     t0 = time.perf_counter()
     out = convert(a.src, a.out_dir, tokenizer=a.tokenizer, fmt=a.format, max_seq_len=a.max_seq_len,
-                  weight_type=a.dtype, verify=not a.no_verify)
+                  weight_type=a.dtype, verify=not a.no_verify, tensor_parallel=a.tensor_parallel)
     _report_written(Path(a.src), out, a.dtype, t0)
 
 
@@ -184,7 +211,7 @@ def cmd_quantize(a) -> None:
 
 def _report_written(src: Path, out: Path, weight_type: str, t0: float) -> None:
     """wrote OUT (int8): 13.48 GB -> 6.74 GB in 80.1 s   (the source's files, then the new directory's)"""
-    size = lambda path: (sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir()
+    size = lambda path: (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
                          else path.stat().st_size)
     print(f"wrote {out} ({weight_type}): {_human(size(src))} -> {_human(size(out))} in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -208,15 +235,15 @@ def _check_generation_args(a) -> SamplingParams:
     return _sampling(a)
 
 
-def _load_with_tokenizer(model_dir, fp32: str = "auto"):
-    model = load(model_dir, fp32=fp32)
+def _load_with_tokenizer(a):
+    model = open_model(a)
     need_tokenizer(model)
     return model
 
 
 def cmd_generate(a) -> None:
     params = _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
+    model = _load_with_tokenizer(a)
     if len(a.prompt) > 1 or a.logprobs:
         return _generate_batch(a, model, params)
     stats = GenerationStats()
@@ -249,7 +276,7 @@ def _generate_batch(a, model, params: SamplingParams) -> None:
 
 def cmd_chat(a) -> None:
     params = _check_generation_args(a)
-    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
+    model = _load_with_tokenizer(a)
     max_seq_len = model.config.max_seq_len
     room = params.new_tokens_within(max_seq_len // 2)     # positions kept free for the answer
     history = [{"role": "system", "content": a.system}] if a.system else []
@@ -284,7 +311,7 @@ def cmd_perplexity(a) -> None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LlamaNpError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    model = _load_with_tokenizer(a.model_dir, a.fp32_weights)
+    model = _load_with_tokenizer(a)
     check_window(model, a.context, a.stride)
     result = perplexity_result(model, text, a.context, a.stride, progress=True)
     print(result.summary())

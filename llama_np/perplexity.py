@@ -83,7 +83,7 @@ def perplexity_result(model, text_or_ids, context: int | None = None, stride: in
         raise LlamaNpError(f"perplexity needs at least 2 tokens (BOS and one more); the text has {tokens.size}")
     result = PerplexityResult(context=context, stride=stride)
     t0 = time.perf_counter()
-    with tqdm(total=tokens.size - 1, unit="tok", disable=None if progress else True, desc="perplexity") as bar:
+    with tqdm(total=tokens.size - 1, unit="tok", disable=not progress, desc="perplexity") as bar:
         for begin, end, first in windows(tokens.size, context, stride):
             nll = window_nll(model, tokens, begin, end, first)
             result.nll_sum += float(nll.sum())

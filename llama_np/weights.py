@@ -39,6 +39,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, "I8": np.int8}
+SAFETENSORS_DTYPE_NAMES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int8): "I8"}
 WEIGHT_TYPES = ("float16", "int8")       # config.json "weight_type" (absent: float16)
 
 
@@ -71,17 +72,40 @@ def write_model_dir(out_dir, args: ModelArgs, tensors: Iterable[tuple[str, Calla
     config.json records a sha256 of the safetensors header, of every tensor's bytes and of the
     tokenizer, so that `llama-np verify` can name what changed later.
     """
-    out_dir = Path(out_dir)
-    layout = stored_layout(args, weight_type)
+    shapes, layout = expected_shapes(args), stored_layout(args, weight_type)
     with atomic_output_dir(out_dir) as tmp:
-        checksums = _write_safetensors(tmp / WEIGHTS_FILE, expected_shapes(args), layout, tensors, progress)
-        files = {WEIGHTS_FILE: checksums}
-        if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
-            files[TOKENIZER_FILE] = file_sha256(tmp / TOKENIZER_FILE)
-        config = {**args.to_dict(), "weight_type": weight_type, "source": source, "checksums": files}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
+        writer = SafetensorsWriter(tmp / WEIGHTS_FILE, layout)
+        with tqdm(total=len(shapes), desc="converting", unit="tensor", leave=False,
+                  disable=None if progress else True) as bar:                      # None: on a terminal only
+            for name, load in tensors:
+                if name not in shapes:
+                    raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
+                if name in writer.written:
+                    raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
+                array = load()
+                if tuple(array.shape) != shapes[name]:
+                    raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
+                                       f"expected {shapes[name]} from the model's config")
+                for part, data in _encode(name, array, layout[name][0]):
+                    writer.write(part, data)
+                drop_pages(array)                       # a memory-mapped source: done with its pages
+                bar.update(1)
+        checksums = writer.finish("checkpoint")
+        write_config(tmp, {**args.to_dict(), "weight_type": weight_type, "source": source}, tokenizer_path,
+                     checksums)
+    return Path(out_dir)
+
+
+def write_config(model_dir: Path, config: dict, tokenizer_path=None, checksums: dict | None = None) -> None:
+    """config.json, and the tokenizer copied in beside it when there is one; with `checksums` (the
+    weights file's, from SafetensorsWriter.finish) config.json records them and the tokenizer's."""
+    files = {WEIGHTS_FILE: checksums} if checksums is not None else {}
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, model_dir / TOKENIZER_FILE)
+        files[TOKENIZER_FILE] = file_sha256(model_dir / TOKENIZER_FILE)
+    if checksums is not None:
+        config = {**config, "checksums": files}
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def file_sha256(path: Path) -> str:
@@ -92,46 +116,51 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_safetensors(path: Path, shapes: dict, layout: dict, tensors, progress: bool) -> dict:
-    """Header first, then each tensor at its offset as it comes -> {"header": sha256, "tensors": {name: sha256}}
-    (every stored tensor: an int8 matrix's scales too)."""
-    header, offset = {}, 0
-    for name, (code, shape) in layout.items():
-        nbytes = n_elements(shape) * np.dtype(_SAFETENSORS_DTYPES[code]).itemsize
-        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = {"format": "llama_np"}
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
-    data_start = 8 + len(header_bytes)
-    head = struct.pack("<Q", len(header_bytes)) + header_bytes
+class SafetensorsWriter:
+    """A safetensors file written header first, then one tensor at a time, in any order.
 
-    sums = {}
-    with open(path, "wb") as f, tqdm(total=len(shapes), desc="converting", unit="tensor", leave=False,
-                                     disable=None if progress else True) as bar:    # None: on a terminal only
-        f.write(head)
-        f.truncate(data_start + offset)
-        for name, load in tensors:
-            if name not in shapes:
-                raise LlamaNpError(f"unexpected tensor {name!r} in the checkpoint")
-            if name in sums:
-                raise LlamaNpError(f"tensor {name!r} appears twice in the checkpoint")
-            array = load()
-            if tuple(array.shape) != shapes[name]:
-                raise LlamaNpError(f"tensor {name!r} has shape {tuple(array.shape)}, "
-                                   f"expected {shapes[name]} from the model's config")
-            for part, data in _encode(name, array, layout[name][0]):
-                data = np.ascontiguousarray(data)
-                f.seek(data_start + header[part]["data_offsets"][0])
-                f.write(data.data)
-                sums[part] = hashlib.sha256(data.data).hexdigest()
-            drop_pages(array)                       # a memory-mapped source: done with its pages
-            bar.update(1)
-    missing = [n for n in shapes if n not in sums]
-    if missing:
-        raise LlamaNpError(f"checkpoint is missing tensor {missing[0]!r}"
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return {"header": hashlib.sha256(head).hexdigest(), "tensors": {n: sums[n] for n in layout}}
+    `entries`: name -> (safetensors dtype, shape) of every tensor the file will hold, in file order.
+    Peak memory is the tensor being written, whatever the size of the file. Each tensor's bytes
+    are hashed as they are written (sha256), for config.json's checksums.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, tuple[str, tuple[int, ...]]]):
+        header, offset = {}, 0
+        for name, (dtype, shape) in entries.items():
+            nbytes = n_elements(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        header["__metadata__"] = {"format": "llama_np"}
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-byte aligned
+        head = struct.pack("<Q", len(header_bytes)) + header_bytes
+        self.header, self.data_start = header, len(head)
+        self.path, self.written, self.sums = path, set(), {"header": hashlib.sha256(head).hexdigest(), "tensors": {}}
+        self.file = open(path, "wb")
+        self.file.write(head)
+        self.file.truncate(self.data_start + offset)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Write one tensor (it must have exactly the dtype and shape of its header entry)."""
+        entry = self.header[name]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
+        assert array.dtype == dtype and list(array.shape) == entry["shape"], \
+            f"{self.path}: {name!r} is {array.dtype} {array.shape}, the header says {entry['dtype']} {entry['shape']}"
+        data = np.ascontiguousarray(array)
+        self.file.seek(self.data_start + entry["data_offsets"][0])
+        self.file.write(data.data)
+        self.sums["tensors"][name] = hashlib.sha256(data.data).hexdigest()
+        self.written.add(name)
+
+    def finish(self, what: str = "source") -> dict:
+        """Close the file; every tensor of the header must have been written -> the checksums."""
+        self.file.close()
+        missing = [n for n in self.header if n != "__metadata__" and n not in self.written]
+        if missing:
+            raise LlamaNpError(f"{what} is missing tensor {missing[0]!r}"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        order = [n for n in self.header if n != "__metadata__"]
+        return {"header": self.sums["header"], "tensors": {n: self.sums["tensors"][n] for n in order}}
 
 
 def _encode(name: str, array: np.ndarray, code: str) -> list[tuple[str, np.ndarray]]:
@@ -139,10 +168,10 @@ def _encode(name: str, array: np.ndarray, code: str) -> list[tuple[str, np.ndarr
     if code == "I8":
         w = quantize_rows(array, name)
         return [(name, w.q), (scale_name(name), w.scale.astype("<f4"))]
-    return [(name, _to_float16(name, array))]
+    return [(name, to_float16(name, array))]
 
 
-def _to_float16(name: str, array: np.ndarray) -> np.ndarray:
+def to_float16(name: str, array: np.ndarray) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating):
         raise LlamaNpError(f"tensor {name!r} has dtype {array.dtype}, expected floating point")
     with np.errstate(over="ignore"):              # too large for float16: said below, not warned
@@ -195,9 +224,25 @@ def _validated_by_library(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise LlamaNpError(f"{path}: not a valid safetensors file, truncated or corrupt ({reason[:160]})") from None
 
 
-def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
+def is_model_dir(path: Path) -> bool:
+    """A directory we converted: config.json with ModelArgs' fields beside model.safetensors."""
+    if not (path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
+        return False
+    try:
+        return "n_layers" in read_json(path / CONFIG_FILE)
+    except LlamaNpError:
+        return False
+
+
+def read_model_dir(model_dir, shapes_of: Callable[[ModelArgs, dict], dict] | None = None, join_scales: bool = True
+                   ) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
     """(ModelArgs, name -> memory-mapped weight, the config.json dict). Weights are float16 arrays,
-    or for an int8 directory Int8Rows (int8 map + float32 scales) for the matrices."""
+    or for an int8 directory Int8Rows (int8 map + float32 scales) for the matrices (join_scales=False:
+    the int8 arrays and their "_scale" vectors as stored).
+
+    The directory must hold every tensor of the model with its shape; `shapes_of(args, config)`
+    says which instead (a tensor-parallel rank's slices: llama_np/parallel).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LlamaNpError(f"{model_dir}: not a directory (expected a converted model: "
@@ -205,18 +250,23 @@ def read_model_dir(model_dir) -> tuple[ModelArgs, dict[str, np.ndarray], dict]:
     config = read_json(model_dir / CONFIG_FILE)
     with foreign_values(model_dir / CONFIG_FILE):
         args = ModelArgs.from_dict(config)
+    if shapes_of is None and "tensor_parallel" in config:
+        raise LlamaNpError(f"{model_dir}: one rank of a tensor-parallel model ({config['tensor_parallel']!r:.60}); "
+                           f"run the directory that holds all its ranks with --tensor-parallel")
     try:
         weight_type = check_weight_type(config.get("weight_type", "float16"))
     except LlamaNpError as e:
         raise LlamaNpError(f"{model_dir / CONFIG_FILE}: {e}") from None
     path = model_dir / WEIGHTS_FILE
     weights = read_safetensors(path)
-    for name, shape in expected_shapes(args).items():
+    with foreign_values(model_dir / CONFIG_FILE):
+        shapes = expected_shapes(args) if shapes_of is None else shapes_of(args, config)
+    for name, shape in shapes.items():
         if name not in weights:
             raise LlamaNpError(f"{path}: missing tensor {name!r}")
         if weights[name].shape != shape:
             raise LlamaNpError(f"{path}: tensor {name!r} has shape {weights[name].shape}, config.json says {shape}")
-    return args, _join_scales(path, weights, weight_type), config
+    return args, _join_scales(path, weights, weight_type) if join_scales else weights, config
 
 
 def _join_scales(path: Path, weights: dict, weight_type: str) -> dict:

@@ -1,6 +1,7 @@
 """Which model the notebooks run on, chosen the same way in every notebook.
 
-    load_model(MODEL_DIR)   MODEL_DIR (the notebook's variable), else the environment variable
+    load_model(MODEL_DIR)   (model_directory: the same choice, as a directory)
+                            MODEL_DIR (the notebook's variable), else the environment variable
                             MODEL_DIR, names a converted model directory (real LLaMA 2 weights
                             included) -- or the word "demo" to force the demo model;
                             else the real trained stories260K from ../shared/models when present;
@@ -39,18 +40,24 @@ def _scratch() -> Path:
 
 def load_model(model_dir=None) -> tuple[llama_np.Llama, str]:
     """(model, one line saying which model it is and why)."""
+    path, about = model_directory(model_dir)
+    return llama_np.load(path), about
+
+
+def model_directory(model_dir=None) -> tuple[Path, str]:
+    """(the converted model directory load_model opens, the line saying which model it is and why)."""
     choice = model_dir or os.environ.get("MODEL_DIR") or None
     if choice is not None and str(choice) != "demo":
-        model = llama_np.load(choice)
-        return model, f"model: {choice} (named by MODEL_DIR)"
+        return Path(choice), f"model: {choice} (named by MODEL_DIR)"
     if choice is None and STORIES260K.exists():
-        model = llama_np.load(convert_stories260k())
-        return model, (f"model: stories260K, a real trained tiny LLaMA 2 (from {STORIES260K.parent}); "
-                       f"its tokenizer is not available, so we work with token ids")
+        return convert_stories260k(), (f"model: stories260K, a real trained tiny LLaMA 2 (from {STORIES260K.parent}); "
+                                       f"its tokenizer is not available, so we work with token ids")
     from llama_np.demo import build_demo_model
 
-    model = llama_np.load(build_demo_model(_scratch() / "demo"))
-    return model, "model: the demo model (RANDOM weights, a tokenizer trained on a paragraph): the machinery, not the meaning"
+    out = _scratch() / "demo"
+    if not out.exists():
+        build_demo_model(out)
+    return out, "model: the demo model (RANDOM weights, a tokenizer trained on a paragraph): the machinery, not the meaning"
 
 
 def convert_stories260k() -> Path:

@@ -88,8 +88,8 @@ def first_output(nb) -> str:
     return "".join(o.get("text", "") for o in cell.outputs)
 
 
-def test_all_six_notebooks_are_there():
-    assert [n[:2] for n in ALL] == ["01", "02", "03", "04", "05", "06"], ALL
+def test_all_notebooks_are_there():
+    assert [n[:2] for n in ALL] == ["01", "02", "03", "04", "05", "06", "08"], ALL
 
 
 @pytest.mark.parametrize("name", ALL)
