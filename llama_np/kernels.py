@@ -70,6 +70,15 @@ def f16_to_f32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
     return value
 
 
+def on_all_cores(work, n_tasks: int) -> None:
+    """work(k) for k < min(n_threads(), n_tasks), at the same time; this thread runs work(0) itself
+    (a matrix of one block never waits for a hand-over to another thread)."""
+    futures = [_workers().submit(work, k) for k in range(1, min(n_threads(), n_tasks))]
+    work(0)
+    for f in futures:
+        f.result()
+
+
 def _row_blocks(n_rows: int, n_cols: int, n_parts: int) -> list[tuple[int, int]]:
     """Split rows into n_parts contiguous ranges (one per thread)."""
     edges = np.linspace(0, n_rows, n_parts + 1).astype(int)
@@ -100,12 +109,13 @@ def blocked_matmul_t(x: np.ndarray, w: np.ndarray, widen, scratch_dtype) -> np.n
             block = widen_parallel(w[r:r + n], scratch[:n], widen)        # (n, in) float32
             np.matmul(x, block.T, out=out[:, r:r + n])                    # (N, n)
         return out
-    rows = max(1, BLOCK_ELEMENTS // n_in)
-    starts = iter(range(0, n_out, rows))                                  # shared: next() holds the GIL
+    rows = max(1, min(n_out, BLOCK_ELEMENTS // n_in))
+    starts = range(0, n_out, rows)
+    shared = iter(starts)                                                 # next() holds the GIL
 
     def work(_) -> None:
         scratch = np.empty((rows, n_in), scratch_dtype)                   # (rows, in)
-        for r in starts:
+        for r in shared:
             n = min(rows, n_out - r)
             block = widen(w[r:r + n], scratch[:n])                        # (n, in) float32
             if N == 1:
@@ -113,7 +123,7 @@ def blocked_matmul_t(x: np.ndarray, w: np.ndarray, widen, scratch_dtype) -> np.n
             else:
                 np.matmul(x, block.T, out=out[:, r:r + n])                # (N, n)
 
-    list(_workers().map(work, range(n_threads())))
+    on_all_cores(work, len(starts))
     return out
 
 
@@ -122,12 +132,14 @@ def widen_parallel(w: np.ndarray, out: np.ndarray, widen) -> np.ndarray:
     assert out.shape == w.shape and out.flags.c_contiguous, f"widen_parallel: out {out.shape} vs {w.shape}"
     flat_in, flat_out = w.reshape(-1), out.reshape(-1)
 
-    def work(first: int, last: int) -> None:
-        for a in range(first, last, BLOCK_ELEMENTS):
-            b = min(a + BLOCK_ELEMENTS, last)
+    parts = _row_blocks(flat_in.size, 1, n_threads())
+
+    def work(k: int) -> None:
+        for a in range(parts[k][0], parts[k][1], BLOCK_ELEMENTS):
+            b = min(a + BLOCK_ELEMENTS, parts[k][1])
             widen(flat_in[a:b], flat_out[a:b])
 
-    list(_workers().map(lambda ab: work(*ab), _row_blocks(flat_in.size, 1, n_threads())))
+    on_all_cores(work, len(parts))
     return out.view(np.float32)
 
 
