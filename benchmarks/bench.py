@@ -2,9 +2,11 @@
 
     python benchmarks/bench.py                       # stories15M, stories110M, TinyLlama-1.1B shapes
     python benchmarks/bench.py --with-7b             # + LLaMA-2-7B (13.5 GB; written once, with its
-                                                     #   Meta-format source and a timed conversion)
+                                                     #   Meta-format source and timed conversions)
     python benchmarks/bench.py --update-readme       # put the table into README.md
 
+Every shape runs llama_np twice, on the float16 directory and on its int8 copy (`llama-np
+quantize`, written once, timed), beside PyTorch fp32 and bf16.
 For every shape, each side runs in its own subprocess (so peak RSS is per side) and reports:
 prefill tokens/s (one forward over a 128-token prompt), decode tokens/s (128 greedy tokens, one
 token per forward through the KV cache), load time to first logits, and peak RSS. The parent also
@@ -168,9 +170,22 @@ def prompt_tokens(vocab_size: int, n: int) -> np.ndarray:
 
 def touch_pages(weights: dict) -> None:
     """Read one value per 4 KiB page of every weight array (the kernel maps the file in)."""
+    from llama_np.quantize import Int8Rows
+
     for w in weights.values():
-        flat = w.reshape(-1)
-        float(flat[:: max(1, 4096 // flat.itemsize)].sum())
+        for part in (w.q, w.scale) if isinstance(w, Int8Rows) else (w,):
+            flat = part.reshape(-1)
+            float(flat[:: max(1, 4096 // flat.itemsize)].sum())
+
+
+def weights_kind(weights: dict) -> str:
+    """What the matrices compute with: "int8 rows", "fp32 copies" or "fp16 fused"."""
+    from llama_np.quantize import Int8Rows
+
+    matrices = [w for n, w in weights.items() if w.ndim == 2 and n != "tok_embeddings.weight"]
+    if any(isinstance(w, Int8Rows) for w in matrices):
+        return "int8 rows"
+    return "fp32 copies" if any(w.dtype == np.float32 for w in matrices) else "fp16 fused"
 
 
 def unused_hook_cost(n_layers: int) -> float:
@@ -214,11 +229,10 @@ def worker_llama_np(a) -> dict:
     for pos in range(a.prompt_len, a.prompt_len + 4):          # the inspection hook, in use
         model.forward(np.array([[tokens[0]]]), pos, cache, trace={})
     traced_step_s = (time.perf_counter() - t0) / 4
-    fp32 = any(w.dtype == np.float32 and w.ndim == 2 for w in model.weights.values())
     return {"load_s": load_s, "page_in_s": page_in_s, "first_logits_s": first_s,
             "prefill_tok_s": a.prompt_len / min(prefill_s), "decode_tok_s": a.new_tokens / min(decode_s),
             "traced_step_ms": 1e3 * traced_step_s, "hook_checks_us": 1e6 * unused_hook_cost(model.config.n_layers), "peak_rss_gib": peak_rss_gib(),
-            "weights": "fp32 copies" if fp32 else "fp16 fused", "tokens": tokens[:8]}
+            "weights": weights_kind(model.weights), "tokens": tokens[:8]}
 
 
 def hf_model(model_dir: str, dtype):
@@ -304,11 +318,12 @@ def worker_torch(a) -> dict:
 
 
 def worker_convert(a) -> dict:
-    """Time a conversion; peak RSS, and the peak of its anonymous part (sampled every 50 ms): the
-    memory-mapped source pages count in RSS but are the kernel's page cache, dropped at will."""
+    """Time a conversion (`--dtype`), or with --quantize a `llama-np quantize` of a converted directory;
+    peak RSS, and the peak of its anonymous part (sampled every 50 ms): the memory-mapped source
+    pages count in RSS but are the kernel's page cache, dropped at will."""
     import threading
 
-    from llama_np.checkpoints.convert import convert
+    from llama_np.checkpoints.convert import convert, quantize
 
     peak_anon, done = [0], threading.Event()
 
@@ -318,10 +333,30 @@ def worker_convert(a) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
-    convert(a.model, a.out, progress=False)
+    if a.quantize:
+        quantize(a.model, a.out, progress=False)
+    else:
+        convert(a.model, a.out, progress=False, weight_type=a.weight_type)
     seconds = time.perf_counter() - t0
     done.set()
-    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_anon_gib": peak_anon[0] / 2**20}
+    size = lambda d: sum(p.stat().st_size for p in Path(d).iterdir() if p.is_file()) if Path(d).is_dir() \
+        else Path(d).stat().st_size
+    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_anon_gib": peak_anon[0] / 2**20,
+            "gb_before": size(a.model) / 1e9, "gb_after": size(a.out) / 1e9}
+
+
+def timed_once(record: Path, out: Path, *args, keep: bool = True) -> dict | None:
+    """Run the convert worker into `out` unless `record` already holds its result; with keep=False
+    the output is deleted afterwards (only the timing is wanted)."""
+    import shutil
+
+    if not record.exists() and not (keep and (out / "config.json").exists()):
+        result = run_worker("convert", *args, "--out", out)
+        if result:
+            record.write_text(json.dumps(result))
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
+    return json.loads(record.read_text()) if record.exists() else None
 
 
 def worker_bandwidth(a) -> dict:
@@ -374,13 +409,17 @@ def _timed(f) -> float:
     return time.perf_counter() - t0
 
 
-def decode_bytes(shape: str, fp32: bool) -> int:
-    """Weight bytes one decoded token reads: every matrix but the embedding table (one row)."""
+BYTES_PER_WEIGHT = {"fp32 copies": 4, "fp16 fused": 2, "int8 rows": 1}
+
+
+def decode_bytes(shape: str, weights: str) -> int:
+    """Weight bytes one decoded token reads: every matrix but the embedding table (one row);
+    `weights` as weights_kind says (int8's float32 row scales are under 0.1% and left out)."""
     from llama_np.spec import expected_shapes
 
     n = sum(int(np.prod(s)) for name, s in expected_shapes(model_args(shape)).items()
             if name != "tok_embeddings.weight")
-    return n * (4 if fp32 else 2)
+    return n * BYTES_PER_WEIGHT[weights]
 
 
 def fmt(x, spec=".1f", none="—"):
@@ -389,18 +428,19 @@ def fmt(x, spec=".1f", none="—"):
 
 def table(rows: list[dict], meta: dict) -> str:
     head = ("| shape | side | weights | prefill tok/s (128) | decode tok/s | decode vs torch fp32 "
-            "| prefill vs torch fp32 | load s | page-in s | load → first logits s | peak RSS GiB | floor tok/s "
+            "| decode vs torch bf16 | prefill vs torch fp32 | load s | page-in s | load → first logits s | peak RSS GiB | floor tok/s "
             "| decode ÷ floor time |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['side']} | {r.get('weights', '')} | {fmt(r.get('prefill_tok_s'))} "
                      f"| {fmt(r.get('decode_tok_s'), '.2f')} | {fmt(r.get('decode_ratio'), '.2f', '')}"
-                     f"{'×' if r.get('decode_ratio') else ''} | {fmt(r.get('prefill_ratio'), '.2f', '')}"
+                     f"{'×' if r.get('decode_ratio') else ''} | {fmt(r.get('decode_ratio_bf16'), '.2f', '')}"
+                     f"{'×' if r.get('decode_ratio_bf16') else ''} | {fmt(r.get('prefill_ratio'), '.2f', '')}"
                      f"{'×' if r.get('prefill_ratio') else ''} | {fmt(r.get('load_s'), '.2f', '')} "
                      f"| {fmt(r.get('page_in_s'), '.2f', '')} | {fmt(r.get('first_logits_s'), '.2f')} "
                      f"| {fmt(r.get('peak_rss_gib'), '.2f')} | {fmt(r.get('floor_tok_s'), '.1f', '')} "
                      f"| {fmt(r.get('floor_multiple'), '.2f', '')}{'×' if r.get('floor_multiple') else ''} |")
-    hook = [f"{r['shape']}: {r['hook_checks_us']:.2f} µs per forward unused "
+    hook = [f"{r['shape']} {r['weights']}: {r['hook_checks_us']:.2f} µs per forward unused "
             f"({r['hook_checks_us'] * r['decode_tok_s'] / 1e4:.3f}% of a decode step), "
             f"{r['traced_step_ms']:.1f} ms per decode step in use vs {1e3 / r['decode_tok_s']:.1f} ms plain"
             for r in rows if r.get("hook_checks_us") is not None and r.get("decode_tok_s")]
@@ -408,7 +448,8 @@ def table(rows: list[dict], meta: dict) -> str:
              f"torch {meta['torch']}, transformers {meta['transformers']}. Date: {meta['date']}.",
              f"Command: `{meta['command']}`",
              "Floor = weight bytes one decoded token reads (all matrices but the embedding table, "
-             "float32 for fp32 copies, float16 for the fused path) ÷ memory bandwidth, measured (median of "
+             "float32 for fp32 copies, float16 for the fused path, int8 for int8 rows) ÷ memory bandwidth, "
+             "measured (median of "
              "11 512 MB float32 GEMVs) in a subprocess right before each llama_np row, because this shared "
              "machine's bandwidth drifts during a run: " + ", ".join(
                  f"{r['shape']} {r['bandwidth_gb_s']:.1f} GB/s" for r in rows if r.get("bandwidth_gb_s")) + ".",
@@ -426,6 +467,11 @@ def table(rows: list[dict], meta: dict) -> str:
                      f"safetensors): {c['seconds']:.0f} s, peak RSS {c['peak_rss_gib']:.2f} GiB, of which "
                      f"anonymous memory at most {c['peak_anon_gib']:.2f} GiB (the rest is the memory-mapped "
                      f"source's page cache, which the kernel can drop at any time).")
+    int8 = [f"{shape} {how}: {c['gb_before']:.2f} → {c['gb_after']:.2f} GB in {c['seconds']:.1f} s, peak RSS "
+            f"{c['peak_rss_gib']:.2f} GiB (anonymous at most {c['peak_anon_gib']:.2f} GiB)"
+            for shape, how, c in meta.get("int8_conversions", []) if c]
+    if int8:
+        notes.append("int8 directories (written once, timed): " + "; ".join(int8) + ".")
     if meta.get("note"):
         notes.append(meta["note"])
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -458,6 +504,8 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=sorted(WORKERS))
     p.add_argument("--model")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--weight-type", default="float16", help="convert worker: float16 or int8")
+    p.add_argument("--quantize", action="store_true", help="convert worker: llama-np quantize MODEL OUT")
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args(argv)
     if a.worker:
@@ -479,6 +527,7 @@ def main(argv=None) -> int:
             "date": datetime.date.today().isoformat(), "bandwidth": bandwidth,
             "command": _command_line()}
     rows = []
+    meta["int8_conversions"] = []
     for shape in shapes:
         big = shape == BIG
         if big:
@@ -488,28 +537,38 @@ def main(argv=None) -> int:
             if not (model_dir / "config.json").exists():
                 record.write_text(json.dumps(run_worker("convert", "--model", src, "--out", model_dir)))
             meta["convert"] = json.loads(record.read_text()) if record.exists() else None
+            meta["int8_conversions"].append((shape, "convert --dtype int8 (from Meta bf16)", timed_once(
+                a.cache_dir / "convert-7b-int8.json", a.cache_dir / f"{BIG}-np-int8-convert",
+                "--model", src, "--weight-type", "int8", keep=False)))
         else:
             model_dir = make_converted(shape, a.cache_dir)
+        int8_dir = a.cache_dir / f"{shape}-np-int8"
+        meta["int8_conversions"].append((shape, "quantize (from float16)", timed_once(
+            a.cache_dir / f"quantize-{shape}.json", int8_dir, "--model", model_dir, "--quantize")))
         n_new = a.new_tokens_7b if big else a.new_tokens
-        common = ["--model", model_dir, "--prompt-len", a.prompt_len, "--new-tokens", n_new,
-                  "--repeats", 1 if big else 2]
+        common = ["--prompt-len", a.prompt_len, "--new-tokens", n_new, "--repeats", 1 if big else 2]
         print(f"{shape}:", file=sys.stderr)
-        bandwidth_now = (run_worker("bandwidth") or {}).get("bandwidth", bandwidth)   # this row's floor
-        ours = run_worker("llama_np", *common, "--fp32", a.fp32)
+        ours = []
+        for d in (model_dir, int8_dir):
+            bandwidth_now = (run_worker("bandwidth") or {}).get("bandwidth", bandwidth)   # this row's floor
+            r = run_worker("llama_np", "--model", d, *common, "--fp32", a.fp32)
+            if r:
+                floor = bandwidth_now / decode_bytes(shape, r["weights"])
+                r.update(bandwidth_gb_s=bandwidth_now / 1e9, floor_tok_s=floor, floor_multiple=floor / r["decode_tok_s"])
+            ours.append(r or {})
         sides = [] if big else [("torch fp32", "float32")]
         if not (big and a.no_torch_7b):
             sides.append(("torch bf16", "bfloat16"))
-        theirs = {name: run_worker("torch", *common, "--dtype", dtype) for name, dtype in sides}
-        ref = theirs.get("torch fp32")
-        if ours:
-            fp32 = ours["weights"] == "fp32 copies"
-            floor = bandwidth_now / decode_bytes(shape, fp32)
-            ours.update(bandwidth_gb_s=bandwidth_now / 1e9, floor_tok_s=floor, floor_multiple=floor / ours["decode_tok_s"])
-            if ref:
-                ours.update(decode_ratio=ours["decode_tok_s"] / ref["decode_tok_s"],
-                            prefill_ratio=ours["prefill_tok_s"] / ref["prefill_tok_s"])
+        theirs = {name: run_worker("torch", "--model", model_dir, *common, "--dtype", dtype) for name, dtype in sides}
+        ref, bf16 = theirs.get("torch fp32"), theirs.get("torch bf16")
+        for r in ours:
+            if r and ref:
+                r.update(decode_ratio=r["decode_tok_s"] / ref["decode_tok_s"],
+                         prefill_ratio=r["prefill_tok_s"] / ref["prefill_tok_s"])
+            if r and bf16:
+                r.update(decode_ratio_bf16=r["decode_tok_s"] / bf16["decode_tok_s"])
         suffix = f" ({n_new} new)" if n_new != a.new_tokens else ""
-        rows.append({"shape": shape + suffix, "side": "llama_np", **(ours or {})})
+        rows += [{"shape": shape + suffix, "side": "llama_np", **r} for r in ours]
         for name, r in theirs.items():
             rows.append({"shape": shape + suffix, "side": name, "weights": name.split()[1], **(r or {})})
     text = table(rows, meta)

@@ -2,7 +2,8 @@
 
 The reference is Meta's llama/model.py forward pass re-written in plain PyTorch as Meta wrote it:
 complex-number rotary embeddings (torch.polar, view_as_complex), repeat_kv copying the kv heads,
-an additive (T, S) mask of -inf, F.softmax, F.silu. It reads the same float16 weights (as float32),
+an additive (T, S) mask of -inf, F.softmax, F.silu. It reads the same weights as float32 (an int8
+matrix dequantized, scale * q: the reference checks our int8 arithmetic, not the rounding),
 records the same names as `Llama.forward(trace=...)`, and every pair is reported as
 max |ours - ref| / max |ref|, per layer and per component. The first component above the tolerance
 is where to look when something is off.

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LlamaNpError
 
 DEFAULT_MAX_SEQ_LEN = 4096  # LLaMA 2's context length; Meta's params.json does not record it
+MAX_CONTEXT = 1 << 17       # positions: the rotary tables of a longer context would take more RAM than a model
+MAX_LAYERS = 1024           # LLaMA 2 70B has 80; a config that says 2**31 must not make us list 2**31 layers
+
+
+@contextmanager
+def foreign_values(what):
+    """Around code that computes with values read from a config file: a value of the wrong type or
+    range (a string for dim, a list for norm_eps, ...) is a one-line LlamaNpError naming the file."""
+    try:
+        yield
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, ZeroDivisionError) as e:
+        raise LlamaNpError(f"{what}: a value has the wrong type or is out of range ({type(e).__name__}: "
+                           f"{str(e)[:100]})") from None
 
 
 def llama_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
@@ -46,8 +60,15 @@ class ModelArgs:
             raise LlamaNpError(f"config: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise LlamaNpError(f"config: head_dim {self.head_dim} must be even for rotary embeddings")
-        if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise LlamaNpError("config: norm_eps and rope_theta must be positive")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+                raise LlamaNpError(f"config: {name} must be a positive number, got {value!r:.40}")
+        if self.n_layers > MAX_LAYERS:
+            raise LlamaNpError(f"config: n_layers {self.n_layers} is beyond the {MAX_LAYERS} llama_np supports")
+        if self.max_seq_len > MAX_CONTEXT:
+            raise LlamaNpError(f"config: max_seq_len {self.max_seq_len} is beyond the {MAX_CONTEXT} positions "
+                               f"llama_np supports")
 
     @property
     def head_dim(self) -> int:    # HD
@@ -65,7 +86,7 @@ class ModelArgs:
             if key not in params:
                 raise LlamaNpError(f"params.json: missing key {key!r}")
         vocab_size = params.get("vocab_size", -1)
-        if vocab_size is None or vocab_size <= 0:
+        if vocab_size is None or (isinstance(vocab_size, int) and vocab_size <= 0):
             if tokenizer_vocab_size is None:
                 raise LlamaNpError("params.json: vocab_size is -1 and no tokenizer.model gives the vocabulary size")
             vocab_size = tokenizer_vocab_size
@@ -75,8 +96,8 @@ class ModelArgs:
             vocab_size=vocab_size,
             hidden_dim=llama_hidden_dim(params["dim"], params.get("multiple_of", 256),
                                         params.get("ffn_dim_multiplier")),
-            norm_eps=float(params["norm_eps"]),
-            rope_theta=float(params.get("rope_theta", 10000.0)),
+            norm_eps=params["norm_eps"],
+            rope_theta=params.get("rope_theta", 10000.0),
             max_seq_len=max_seq_len or params.get("max_seq_len") or DEFAULT_MAX_SEQ_LEN,
         )
 

@@ -18,8 +18,12 @@ class KVCache:
     v: np.ndarray   # (n_layers, B, max_seq_len, KVH, HD) float32
 
     @classmethod
-    def allocate(cls, args: ModelArgs, batch_size: int = 1, max_seq_len: int | None = None) -> "KVCache":
-        shape = (args.n_layers, batch_size, max_seq_len or args.max_seq_len, args.n_kv_heads, args.head_dim)
+    def allocate(cls, args: ModelArgs, batch_size: int = 1, max_seq_len: int | None = None,
+                 n_kv_heads: int | None = None) -> "KVCache":
+        """Zeros for every layer. n_kv_heads: fewer than the model's for a tensor-parallel rank, which
+        caches only its own kv heads (llama_np/parallel)."""
+        shape = (args.n_layers, batch_size, max_seq_len or args.max_seq_len, n_kv_heads or args.n_kv_heads,
+                 args.head_dim)
         return cls(k=np.zeros(shape, np.float32), v=np.zeros(shape, np.float32))
 
     @property

@@ -28,13 +28,20 @@ from .weights import TOKENIZER_FILE, read_model_dir
 
 
 def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, sin, mask,
-                    args: ModelArgs, trace: dict | None = None) -> np.ndarray:
+                    trace: dict | None = None) -> np.ndarray:
     """Self-attention with the KV cache of one layer.  x (B, T, D) -> (B, T, D)
 
     cache_k, cache_v: (B_max, max_seq_len, KVH, HD), written at positions start_pos .. start_pos+T-1.
+    The head counts are read off the arrays: KVH and HD from the cache, H from wq's rows. They are
+    the model's, or a tensor-parallel rank's share of its heads (llama_np/parallel): wq, wk, wv
+    then hold that rank's heads' rows and wo their columns, and the result is the rank's part of
+    the sum over heads that wo computes.
     """
     B, T, D = x.shape
-    H, KVH, HD = args.n_heads, args.n_kv_heads, args.head_dim
+    KVH, HD = cache_k.shape[2:]
+    H = wq.shape[0] // HD
+    assert wq.shape[0] == H * HD and wk.shape[0] == wv.shape[0] == KVH * HD and wo.shape[1] == H * HD, \
+        f"attention_block: wq {wq.shape}, wk {wk.shape}, wv {wv.shape}, wo {wo.shape} vs {KVH} kv heads of {HD}"
     xq = linear(x, wq).reshape(B, T, H, HD)                     # (B, T, H, HD)
     xk = linear(x, wk).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
     xv = linear(x, wv).reshape(B, T, KVH, HD)                   # (B, T, KVH, HD)
@@ -49,6 +56,49 @@ def attention_block(x, wq, wk, wv, wo, cache_k, cache_v, start_pos: int, cos, si
 
     out = attention(xq, keys, values, mask, trace)               # (B, T, H, HD)
     return linear(out.reshape(B, T, H * HD), wo)                 # (B, T, D)
+
+
+def attention_branch(h, w, i: int, cache: KVCache, start_pos: int, cos, sin, mask, eps: float,
+                     trace: dict | None = None) -> np.ndarray:
+    """Layer i's attention branch, attention(attention_norm(h)), which the caller adds to h.  (B, T, D) -> (B, T, D)
+
+    Given a tensor-parallel rank's weights and cache (llama_np/parallel) it is that rank's part of
+    the branch: the parts of the N ranks sum to the whole.
+    """
+    p = f"layers.{i}."
+    x = rms_norm(h, w[p + "attention_norm.weight"], eps)                                  # (B, T, D)
+    attn = attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
+                           w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
+                           cache.k[i], cache.v[i], start_pos, cos, sin, mask, trace)     # (B, T, D)
+    record(trace, attention_norm=x, attention_out=attn)
+    return attn
+
+
+def ffn_branch(h, w, i: int, eps: float, trace: dict | None = None) -> np.ndarray:
+    """Layer i's feed-forward branch, feed_forward(ffn_norm(h)), which the caller adds to h.  (B, T, D) -> (B, T, D)
+    (a tensor-parallel rank's part of it, given that rank's weights)"""
+    p = f"layers.{i}."
+    x = rms_norm(h, w[p + "ffn_norm.weight"], eps)                                        # (B, T, D)
+    record(trace, ffn_norm=x)
+    return feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
+                        w[p + "feed_forward.w3.weight"], trace)                          # (B, T, D)
+
+
+def classifier(h, w, eps: float, trace: dict | None = None) -> np.ndarray:
+    """The final norm and the output projection.  h (B, T, D) -> logits float32 (B, T, V)
+    (a tensor-parallel rank's slice of the vocabulary, given that rank's output rows)"""
+    h = rms_norm(h, w["norm.weight"], eps)                                                # (B, T, D)
+    logits = linear(h, w["output.weight"]).astype(np.float32, copy=False)                 # (B, T, V)
+    record(trace, norm=h, logits=logits)
+    return logits
+
+
+def positions(rope_cos, rope_sin, start_pos: int, T: int):
+    """The rotary angles and the causal mask of positions start_pos .. start_pos+T-1 -> (cos, sin, mask)."""
+    cos = rope_cos[start_pos:start_pos + T]                      # (T, HD/2)
+    sin = rope_sin[start_pos:start_pos + T]                      # (T, HD/2)
+    mask = causal_mask(T, start_pos) if T > 1 else None          # (T, S); one query sees everything
+    return cos, sin, mask
 
 
 def check_weights(args: ModelArgs, weights: dict) -> None:
@@ -71,6 +121,36 @@ def check_weights(args: ModelArgs, weights: dict) -> None:
         raise LlamaNpError(f"weights: unexpected tensor {extra[0]!r} for a {args.n_layers}-layer model")
 
 
+def cache_length(args: ModelArgs, max_seq_len: int | None) -> int:
+    """The length of a new cache: max_seq_len, at most (and by default) the model's context."""
+    max_seq_len = max_seq_len or args.max_seq_len
+    if not 0 < max_seq_len <= args.max_seq_len:
+        raise LlamaNpError(f"cache length {max_seq_len} exceeds the model's context {args.max_seq_len}")
+    return max_seq_len
+
+
+def forward_inputs(model, tokens, start_pos: int, cache):
+    """forward's arguments checked -> (tokens as an integer array (B, T), the cache: a new one
+    sized to the tokens when none is given). `model` has .config and .new_cache (a Llama, or a
+    tensor-parallel model)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise LlamaNpError(f"forward: tokens must be an integer array (B, T), got {tokens.dtype} {tokens.shape}")
+    B, T = tokens.shape
+    if cache is None:
+        if start_pos != 0:
+            raise LlamaNpError("forward: start_pos > 0 needs the cache that holds the earlier positions")
+        cache = model.new_cache(B, max(T, 1))
+    if start_pos < 0 or start_pos + T > cache.max_seq_len:
+        raise LlamaNpError(f"forward: positions {start_pos}..{start_pos + T - 1} do not fit the cache "
+                           f"(max_seq_len {cache.max_seq_len})")
+    if B > cache.batch_size:
+        raise LlamaNpError(f"forward: batch {B} is larger than the cache's {cache.batch_size}")
+    if T and (tokens.min() < 0 or tokens.max() >= model.config.vocab_size):
+        raise LlamaNpError(f"forward: token ids must lie in [0, {model.config.vocab_size})")
+    return tokens, cache
+
+
 class Llama:
     """A converted LLaMA 2 model: config, weights (name -> array, Meta's names) and tokenizer."""
 
@@ -88,10 +168,7 @@ class Llama:
 
     def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
         """An empty KV cache for batch_size sequences of up to max_seq_len (default: the context)."""
-        max_seq_len = max_seq_len or self.config.max_seq_len
-        if not 0 < max_seq_len <= self.config.max_seq_len:
-            raise LlamaNpError(f"cache length {max_seq_len} exceeds the model's context {self.config.max_seq_len}")
-        return KVCache.allocate(self.config, batch_size, max_seq_len)
+        return KVCache.allocate(self.config, batch_size, cache_length(self.config, max_seq_len))
 
     def forward(self, tokens, start_pos: int = 0, cache: KVCache | None = None,
                 trace: dict | None = None) -> np.ndarray:
@@ -100,47 +177,21 @@ class Llama:
         Without a cache (start_pos must then be 0) the sequence is computed from scratch.
         With `trace={}` every intermediate is recorded under a name such as "layers.3.q_rot".
         """
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise LlamaNpError(f"forward: tokens must be an integer array (B, T), got {tokens.dtype} {tokens.shape}")
+        tokens, cache = forward_inputs(self, tokens, start_pos, cache)
         B, T = tokens.shape
         args, w = self.config, self.weights
-        if cache is None:
-            if start_pos != 0:
-                raise LlamaNpError("forward: start_pos > 0 needs the cache that holds the earlier positions")
-            cache = self.new_cache(B, max(T, 1))
-        if start_pos < 0 or start_pos + T > cache.max_seq_len:
-            raise LlamaNpError(f"forward: positions {start_pos}..{start_pos + T - 1} do not fit the cache "
-                               f"(max_seq_len {cache.max_seq_len})")
-        if B > cache.batch_size:
-            raise LlamaNpError(f"forward: batch {B} is larger than the cache's {cache.batch_size}")
-        if T and (tokens.min() < 0 or tokens.max() >= args.vocab_size):
-            raise LlamaNpError(f"forward: token ids must lie in [0, {args.vocab_size})")
-
         h = gather_rows(w["tok_embeddings.weight"], tokens)          # (B, T, D)
-        cos = self.rope_cos[start_pos:start_pos + T]                 # (T, HD/2)
-        sin = self.rope_sin[start_pos:start_pos + T]                 # (T, HD/2)
-        mask = causal_mask(T, start_pos) if T > 1 else None          # (T, S); one query sees everything
+        cos, sin, mask = positions(self.rope_cos, self.rope_sin, start_pos, T)
         record(trace, tok_embeddings=h)
         for i in range(args.n_layers):
-            p = f"layers.{i}."
             lt = {} if trace is not None else None                       # this layer's trace
-            x = rms_norm(h, w[p + "attention_norm.weight"], args.norm_eps)           # (B, T, D)
-            attn = attention_block(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
-                                   w[p + "attention.wv.weight"], w[p + "attention.wo.weight"],
-                                   cache.k[i], cache.v[i], start_pos, cos, sin, mask, args, lt)  # (B, T, D)
-            h = h + attn
-            record(lt, attention_norm=x, attention_out=attn, h=h)
-            x = rms_norm(h, w[p + "ffn_norm.weight"], args.norm_eps)                 # (B, T, D)
-            h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
-                                 w[p + "feed_forward.w3.weight"], lt)
-            record(lt, ffn_norm=x, out=h)
+            h = h + attention_branch(h, w, i, cache, start_pos, cos, sin, mask, args.norm_eps, lt)  # (B, T, D)
+            record(lt, h=h)
+            h = h + ffn_branch(h, w, i, args.norm_eps, lt)                                         # (B, T, D)
+            record(lt, out=h)
             if lt is not None:
-                trace.update({p + name: array for name, array in lt.items()})
-        h = rms_norm(h, w["norm.weight"], args.norm_eps)                              # (B, T, D)
-        logits = linear(h, w["output.weight"]).astype(np.float32, copy=False)       # (B, T, V)
-        record(trace, norm=h, logits=logits)
-        return logits
+                trace.update({f"layers.{i}.{name}": array for name, array in lt.items()})
+        return classifier(h, w, args.norm_eps, trace)                                              # (B, T, V)
 
     def generate(self, prompt, **kwargs):
         """Complete `prompt` (text, or a list of token ids); returns the new text (or the new ids).

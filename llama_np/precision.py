@@ -11,6 +11,11 @@ The converted model stores every weight as float16, memory-mapped. Two ways to c
 
 `llama_np.load(path, fp32="auto"|"on"|"off")` chooses; "auto" makes the copies when their float32
 bytes fit in half of the RAM the kernel reports available (/proc/meminfo MemAvailable).
+
+An int8 directory's matrices (Int8Rows) stay int8 whatever the policy: whoever quantized a model
+chose a quarter of float32's memory, and float32 copies would give that back (a 7B model's 27 GB).
+Their product widens cache-sized blocks instead (kernels.linear_i8). A float16 matrix in an int8
+directory (if any) follows the policy like any other.
 """
 from __future__ import annotations
 
@@ -36,8 +41,9 @@ def mem_available() -> int:
 
 
 def fp32_bytes(weights: dict[str, np.ndarray]) -> int:
-    """RAM the float32 copies of the matrices would take (the embedding table stays float16)."""
-    return sum(w.size * 4 for name, w in weights.items() if w.ndim == 2 and name != "tok_embeddings.weight")
+    """RAM the float32 copies of the float16 matrices would take (the embedding table stays float16)."""
+    return sum(w.size * 4 for name, w in weights.items()
+               if w.dtype == np.float16 and w.ndim == 2 and name != "tok_embeddings.weight")
 
 
 def want_fp32(weights: dict[str, np.ndarray], fp32: str) -> bool:

@@ -53,6 +53,14 @@ def base_name(name: str) -> str:
     return re.sub(r"^layers\.\d+\.", "", name)
 
 
+def scale_name(name: str) -> str:
+    """Where an int8 matrix keeps its float32 per-row scales: "output.weight" -> "output.weight_scale".
+
+    The scales belong to the matrix's rows (axis 0): a split along axis 0 cuts them with the rows,
+    a split along axis 1 leaves every piece all of them."""
+    return name + "_scale"
+
+
 def tensor_specs(args: ModelArgs) -> dict[str, TensorSpec]:
     """Every tensor of a LLaMA 2 model with Meta's names, in Meta's order."""
     D, F, V, HD = args.dim, args.hidden_dim, args.vocab_size, args.head_dim

@@ -1,6 +1,7 @@
 """Which model the notebooks run on, chosen the same way in every notebook.
 
-    load_model(MODEL_DIR)   MODEL_DIR (the notebook's variable), else the environment variable
+    load_model(MODEL_DIR)   (model_directory: the same choice, as a directory)
+                            MODEL_DIR (the notebook's variable), else the environment variable
                             MODEL_DIR: a converted model directory (real LLaMA 2 weights included),
                             or the word "stories260K" for the stories260K checkpoint in
                             ../shared/models (a real-format GQA checkpoint with trained-looking
@@ -42,18 +43,23 @@ def _scratch() -> Path:
 
 def load_model(model_dir=None) -> tuple[llama_np.Llama, str]:
     """(model, one line saying which model it is and why)."""
+    path, about = model_directory(model_dir)
+    return llama_np.load(path), about
+
+
+def model_directory(model_dir=None) -> tuple[Path, str]:
+    """(the converted model directory load_model opens, the line saying which model it is and why)."""
     choice = str(model_dir or os.environ.get("MODEL_DIR") or "handmade")
     if choice in ("handmade", "demo"):
-        return llama_np.load(handmade_model()), (
-            "model: the hand-written LLaMA of `llama-np demo` (weights written by formula, not trained; "
-            "llama_np/handmade.py): it continues text it has seen earlier in the prompt")
+        return handmade_model(), ("model: the hand-written LLaMA of `llama-np demo` (weights written by formula, "
+                                  "not trained; llama_np/handmade.py): it continues text it has seen earlier in the prompt")
     if choice == "stories260K":
         if not STORIES260K.exists():
             raise FileNotFoundError(f"MODEL_DIR=stories260K needs {STORIES260K}")
-        return llama_np.load(convert_stories260k()), (
+        return convert_stories260k(), (
             f"model: stories260K from {STORIES260K.parent}, a real-format GQA checkpoint with trained-looking "
             f"weights whose origin is unverified; its tokenizer is not available, so we work with token ids")
-    return llama_np.load(choice), f"model: {choice} (named by MODEL_DIR)"
+    return Path(choice), f"model: {choice} (named by MODEL_DIR)"
 
 
 def handmade_model() -> Path:

@@ -72,3 +72,20 @@ def handmade_model_dir(tmp_path_factory) -> Path:
     from llama_np.demo import build_handmade_model
 
     return build_handmade_model(tmp_path_factory.mktemp("handmade") / "model")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for the whole session (starting Ray takes seconds): the tensor-parallel
+    tests open their ranks on it. Ray is a test dependency (setup.cfg's test extra includes ray)."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ray is not installed under CI: setup.cfg's test extra must include it")
+        pytest.skip('ray is not installed (pip install "llama_np[ray]")')
+    from llama_np.parallel.ray_backend import start_local_ray
+
+    start_local_ray()
+    yield ray
+    ray.shutdown()

@@ -24,6 +24,7 @@ NOTEBOOKS = REPO / "notebooks"
 ALL = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 USES_A_MODEL = [n for n in ALL if not n.startswith("01_")]        # 01 is about the tokenizer alone
 ANY_MODEL = [n for n in USES_A_MODEL if not n.startswith("09_")]  # 09 is about the hand-written model itself
+READ_WEIGHTS = [n for n in ANY_MODEL if not n.startswith("04_")]     # 04 reads activations only
 STORIES260K = SHARED_MODELS / "stories260K" / "stories260K.bin"
 PARALLEL_KERNELS = 3
 
@@ -47,13 +48,17 @@ async def execute(name: str, model_dir, limit: asyncio.Semaphore):
 
 
 @pytest.fixture(scope="module")
-def runs(random_model_dir):
-    """(notebook, "default" | "stories260K" | "model_dir") -> executed notebook or error text."""
+def runs(random_model_dir, tmp_path_factory):
+    """(notebook, "default" | "stories260K" | "model_dir" | "int8") -> executed notebook or error text."""
+    from llama_np.checkpoints.convert import quantize
+
     own = random_model_dir
+    int8 = quantize(own, tmp_path_factory.mktemp("nb-int8") / "int8", progress=False)
     jobs = {(n, "default"): None for n in ALL}
     if STORIES260K.exists():
         jobs.update({(n, "stories260K"): "stories260K" for n in ANY_MODEL})
     jobs[("02_embeddings_and_rmsnorm.ipynb", "model_dir")] = own
+    jobs.update({(n, "int8"): int8 for n in READ_WEIGHTS})
 
     async def run_all():
         limit = asyncio.Semaphore(PARALLEL_KERNELS)
@@ -61,7 +66,7 @@ def runs(random_model_dir):
         return dict(zip(jobs, done))
 
     results = asyncio.run(run_all())
-    results["own_model_dir"] = own
+    results["own_model_dir"], results["int8_model_dir"] = own, int8
     return results
 
 
@@ -90,7 +95,7 @@ def first_output(nb) -> str:
 
 
 def test_all_notebooks_are_there():
-    assert [n[:2] for n in ALL] == ["01", "02", "03", "04", "05", "06", "09"], ALL
+    assert [n[:2] for n in ALL] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"], ALL
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -123,4 +128,12 @@ def test_notebook_runs_on_stories260k_too(runs, name):
 def test_notebook_runs_on_the_converted_model_named_by_MODEL_DIR(runs):
     nb = executed(runs, "02_embeddings_and_rmsnorm.ipynb", "model_dir")
     assert f"model: {runs['own_model_dir']}" in first_output(nb)
+    assert figures(nb) == shows(nb)
+
+
+@pytest.mark.parametrize("name", READ_WEIGHTS)
+def test_notebook_runs_on_an_int8_model_named_by_MODEL_DIR(runs, name):
+    """An int8 directory (llama-np quantize) as MODEL_DIR: every notebook runs and draws, unchanged."""
+    nb = executed(runs, name, "int8")
+    assert f"model: {runs['int8_model_dir']}" in first_output(nb)
     assert figures(nb) == shows(nb)

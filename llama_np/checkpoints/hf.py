@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DEFAULT_MAX_SEQ_LEN, ModelArgs, read_json
+from ..config import DEFAULT_MAX_SEQ_LEN, ModelArgs, foreign_values, read_json
 from ..errors import LlamaNpError
 from ..pages import drop_pages
 from ..spec import expected_shapes
@@ -103,7 +103,7 @@ def _refuse_unless_llama(path: Path, c: dict) -> None:
 def _rope_theta(c: dict) -> float:
     """transformers 5.x writes rope_parameters: {"rope_theta": ..., "rope_type": "default"};
     older config.json files have a top-level rope_theta (and no key at all before 4.3x: 10000)."""
-    return float((c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0)))
+    return (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0))
 
 
 def args_from_config(path: Path, max_seq_len: int | None = None) -> ModelArgs:
@@ -120,7 +120,7 @@ def args_from_config(path: Path, max_seq_len: int | None = None) -> ModelArgs:
                            f"= {dim} / {n_heads}; llama_np needs head_dim = dim / n_heads as in LLaMA 2")
     return ModelArgs(dim=dim, n_layers=c["num_hidden_layers"], n_heads=n_heads,
                      n_kv_heads=c.get("num_key_value_heads") or n_heads, vocab_size=c["vocab_size"],
-                     hidden_dim=c["intermediate_size"], norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+                     hidden_dim=c["intermediate_size"], norm_eps=c.get("rms_norm_eps", 1e-6),
                      rope_theta=_rope_theta(c),
                      max_seq_len=max_seq_len or c.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)
 
@@ -175,7 +175,8 @@ def hf_tensors(src: Path) -> dict:
 
 def read_hf(src: Path, max_seq_len: int | None = None):
     """-> (ModelArgs, [(Meta name, load)]); load() reads one tensor and undoes the rotary permutation."""
-    args = args_from_config(src / "config.json", max_seq_len)
+    with foreign_values(src / "config.json"):
+        args = args_from_config(src / "config.json", max_seq_len)
     stored = hf_tensors(src)
     renamed = {}
     for name, tensor in stored.items():

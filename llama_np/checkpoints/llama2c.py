@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelArgs
+from ..config import ModelArgs, foreign_values
+from ..bounds import n_elements
 from ..errors import LlamaNpError
 from .hf import check_shapes
 from .pth import LazyTensor, load_pth
@@ -105,6 +106,14 @@ def looks_like_bin(path: Path) -> bool:
         return False
 
 
+def float_count(h: BinHeader) -> int:
+    """How many float32 the header's shapes add up to (the sum of tensor_layout's sizes, in closed form)."""
+    D, F, V, L, HD = h.dim, h.hidden_dim, h.vocab_size, h.n_layers, h.dim // h.n_heads
+    per_layer = 2 * D + 2 * h.n_heads * HD * D + 2 * h.n_kv_heads * HD * D + 3 * F * D
+    rope = 2 * h.max_seq_len * (HD // 2) if h.version == 0 else 0
+    return V * D + L * per_layer + D + rope + (0 if h.shared_classifier else V * D)
+
+
 def _per_layer(h: BinHeader, name: str, shape: tuple) -> list[tuple[str, tuple]]:
     """All layers' copies of one tensor, stored one after another: layers.0.<name>, layers.1.<name>, ..."""
     return [(f"layers.{i}.{name}", shape) for i in range(h.n_layers)]
@@ -134,8 +143,7 @@ def tensor_layout(h: BinHeader) -> list[tuple[str | None, tuple]]:
 def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
     """-> (ModelArgs, [(name, load)]); load() is a zero-copy float32 view of the memory-mapped file."""
     h = read_header(path)
-    layout = tensor_layout(h)
-    n_floats = sum(int(np.prod(shape)) for _, shape in layout)
+    n_floats = float_count(h)                 # before any list of layers is built: n_layers may be a lie
     expected, size = h.data_offset + 4 * n_floats, path.stat().st_size
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
@@ -147,8 +155,8 @@ def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
                      max_seq_len=max_seq_len or h.max_seq_len)
     floats = np.memmap(path, dtype="<f4", mode="r", offset=h.data_offset, shape=(n_floats,))  # (n_floats,)
     tensors, start = [], 0
-    for name, shape in layout:
-        count = int(np.prod(shape))
+    for name, shape in tensor_layout(h):
+        count = n_elements(shape)
         if name is not None:
             tensors.append((name, _view(floats, start, shape)))
         start += count
@@ -158,7 +166,7 @@ def read_llama2c_bin(path: Path, max_seq_len: int | None = None):
 
 
 def _view(floats: np.memmap, start: int, shape: tuple):
-    return lambda: floats[start:start + int(np.prod(shape))].reshape(shape)
+    return lambda: floats[start:start + n_elements(shape)].reshape(shape)
 
 
 def _pt_state(path: Path, ckpt) -> dict[str, LazyTensor]:
@@ -188,11 +196,12 @@ def read_llama2c_pt(path: Path, max_seq_len: int | None = None):
     if missing or "layers.0.feed_forward.w1.weight" not in state or "tok_embeddings.weight" not in state:
         raise LlamaNpError(f"{path}: incomplete llama2.c checkpoint (model_args lacks {missing} "
                            f"or the model lacks its embedding / first layer)")
-    args = ModelArgs(dim=margs["dim"], n_layers=margs["n_layers"], n_heads=margs["n_heads"],
-                     n_kv_heads=margs.get("n_kv_heads") or margs["n_heads"], vocab_size=margs["vocab_size"],
-                     hidden_dim=state["layers.0.feed_forward.w1.weight"].shape[0],  # llama2.c may round it
-                     norm_eps=float(margs.get("norm_eps", 1e-5)), rope_theta=10000.0,
-                     max_seq_len=max_seq_len or margs["max_seq_len"])
+    with foreign_values(f"{path}: model_args"):
+        args = ModelArgs(dim=margs["dim"], n_layers=margs["n_layers"], n_heads=margs["n_heads"],
+                         n_kv_heads=margs.get("n_kv_heads") or margs["n_heads"], vocab_size=margs["vocab_size"],
+                         hidden_dim=state["layers.0.feed_forward.w1.weight"].shape[0],  # llama2.c may round it
+                         norm_eps=margs.get("norm_eps", 1e-5), rope_theta=10000.0,
+                         max_seq_len=max_seq_len or margs["max_seq_len"])
     state.setdefault("output.weight", state["tok_embeddings.weight"])  # tied classifier
     check_shapes(path, args, {name: tuple(t.shape) for name, t in state.items()})
     return args, [(name, tensor.numpy) for name, tensor in state.items()]

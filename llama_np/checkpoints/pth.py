@@ -20,11 +20,13 @@ import mmap
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..bounds import checked_shape, flat_view, is_index, strided_view
 from ..errors import LlamaNpError
 from ..pages import drop_pages
 
@@ -42,6 +44,12 @@ STORAGE_DTYPES = {
     "ByteStorage": (np.uint8, "uint8"),
     "BoolStorage": (np.bool_, "bool"),
 }
+
+
+# What a damaged zip or pickle makes Python's zipfile, zlib and pickle modules raise.
+CORRUPT = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, TypeError, AttributeError,
+           IndexError, KeyError, struct.error, OSError, OverflowError, RuntimeError, NotImplementedError,
+           RecursionError, MemoryError)
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -80,15 +88,9 @@ class LazyTensor:
         return self.storage.dtype
 
     def raw(self) -> np.ndarray:
-        """A zero-copy view of the stored elements (bfloat16 as its uint16 bits)."""
-        base = self.storage.array()
-        itemsize = base.dtype.itemsize
-        if self.offset + _span(self.shape, self.stride) > base.size:
-            raise LlamaNpError(f"{self.storage.archive.path}: tensor of shape {self.shape} "
-                               f"runs past the end of its storage (file truncated or corrupt)")
-        return np.lib.stride_tricks.as_strided(
-            base[self.offset:], shape=self.shape, strides=[s * itemsize for s in self.stride],
-            writeable=False)
+        """A zero-copy view of the stored elements (bfloat16 as its uint16 bits), proven in bounds."""
+        return strided_view(self.storage.array(), self.offset, self.shape, self.stride,
+                            f"{self.storage.archive.path}: storage {self.storage.key}")
 
     def numpy(self) -> np.ndarray:
         """The tensor's values: bfloat16 widened to float32 (exactly), other dtypes as stored
@@ -105,16 +107,19 @@ class LazyTensor:
         drop_pages(self.raw())
 
 
-def _span(shape, stride) -> int:
-    """Elements from the first to one past the last element a strided view touches."""
-    if any(n == 0 for n in shape):
-        return 0
-    return 1 + sum((n - 1) * s for n, s in zip(shape, stride))
-
-
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
-    return LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    """torch._utils._rebuild_tensor_v2, as far as a state dict needs it: every number checked here,
+    while unpickling, so that a LazyTensor never holds one that was not."""
+    if not isinstance(storage, _Storage):
+        raise LlamaNpError(f"the pickle rebuilds a tensor from {type(storage).__name__}, not a storage")
+    what = f"{storage.archive.path}: storage {storage.key}"
+    shape = checked_shape(size, what)
+    if not (isinstance(stride, (tuple, list)) and len(stride) == len(shape) and all(is_index(x) for x in stride)):
+        raise LlamaNpError(f"{what}: bad strides {stride!r:.80} for shape {shape}")
+    if not is_index(storage_offset):
+        raise LlamaNpError(f"{what}: bad storage offset {storage_offset!r:.40}")
+    return LazyTensor(storage, int(storage_offset), shape, tuple(int(x) for x in stride))
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -135,7 +140,10 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):
+    """The pure-Python unpickler: its memo is a dict, so a PUT of index 2**32 costs one entry (the C
+    unpickler would grow an array to that index), and it recurses nowhere."""
+
     def __init__(self, file, archive: "_Archive"):
         super().__init__(file)
         self.archive = archive
@@ -152,7 +160,9 @@ class _Unpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType)):
             raise LlamaNpError(f"{self.archive.path}: unexpected persistent id in the pickle: {pid!r:.80}")
         _, storage_type, key, _location, numel = pid
-        return self.archive.storage(str(key), storage_type, int(numel))
+        if not (isinstance(key, str) and is_index(numel)):
+            raise LlamaNpError(f"{self.archive.path}: bad storage key or size in the pickle: {pid!r:.80}")
+        return self.archive.storage(key, storage_type, int(numel))
 
 
 class _Archive:
@@ -162,7 +172,7 @@ class _Archive:
             self.zip = zipfile.ZipFile(path)
         except FileNotFoundError:
             raise LlamaNpError(f"{path}: not found") from None
-        except (zipfile.BadZipFile, OSError) as e:
+        except CORRUPT as e:
             raise LlamaNpError(f"{path}: not a PyTorch zip checkpoint ({e}); the legacy pre-1.6 "
                                f"format is not supported") from None
         pickles = [n for n in self.zip.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -189,11 +199,7 @@ class _Archive:
         nbytes = numel * np.dtype(np_dtype).itemsize
         if info.file_size < nbytes:
             raise LlamaNpError(f"{self.path}: storage {name} holds {info.file_size} bytes, expected {nbytes}")
-        offset = self._data_offset(info)
-        mm = self._map()
-        if offset + nbytes > len(mm):
-            raise LlamaNpError(f"{self.path}: file is truncated (storage {name} runs past its end)")
-        return np.frombuffer(mm, dtype=np_dtype, count=numel, offset=offset)
+        return flat_view(self._map(), np_dtype, self._data_offset(info), numel, f"{self.path}: storage {name}")
 
     def _map(self):
         if self._mmap is None:
@@ -215,16 +221,15 @@ def load_pth(path) -> object:
     """Unpickle a torch checkpoint into plain Python objects with `LazyTensor`s for tensors."""
     archive = _Archive(Path(path))
     byteorder = archive.prefix + "byteorder"
-    if byteorder in archive.zip.namelist() and archive.zip.read(byteorder).strip() != b"little":
-        raise LlamaNpError(f"{path}: big-endian checkpoints are not supported")
     try:
+        if byteorder in archive.zip.namelist() and archive.zip.read(byteorder)[:16].strip() != b"little":
+            raise LlamaNpError(f"{path}: big-endian checkpoints are not supported")
         with archive.zip.open(archive.prefix + "data.pkl") as f:
             return _Unpickler(f, archive).load()
     except LlamaNpError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, struct.error, OSError) as e:
-        raise LlamaNpError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    except CORRUPT as e:
+        raise LlamaNpError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def load_pth_state_dict(path) -> dict:
